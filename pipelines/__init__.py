@@ -1,0 +1,1 @@
+"""The pipeline: sources -> bronze -> silver -> gold (Iceberg) -> Feast, tracked in MLflow."""

@@ -1,0 +1,213 @@
+"""Typed configuration, composed by Hydra from conf/ and validated before any work starts.
+
+Every group in conf/ has a dataclass schema here, registered with Hydra's ConfigStore, so an unknown
+key or a wrong type fails at composition time. Semantic checks that a type cannot express (a known
+source kind, a parseable cutoff) live in `validate`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from pipelines.errors import ConfigError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+SOURCE_KINDS = ("files", "sql")
+FILE_FORMATS = ("csv", "parquet")
+
+
+@dataclass
+class SourceConfig:
+    """One source feeding one bronze table (`bronze.<dataset>`)."""
+
+    kind: str = MISSING  # files | sql
+    dataset: str = MISSING  # logical table name: bronze.<dataset>, silver.<dataset>
+    columns: List[str] = MISSING  # the columns the source must deliver, in order
+    key: str = MISSING  # the source key silver deduplicates on
+    path: Optional[str] = None  # files: a directory (or object-store prefix) of data files
+    formats: List[str] = field(default_factory=lambda: ["csv", "parquet"])
+    uri: Optional[str] = None  # sql: SQLAlchemy URI
+    query: Optional[str] = None  # sql: the query that reads the table
+    pii: List[str] = field(default_factory=list)  # columns tokenized in silver
+
+
+@dataclass
+class CatalogConfig:
+    name: str = "lake"
+    type: str = "sql"
+    uri: str = MISSING
+    warehouse: str = MISSING
+
+
+@dataclass
+class OnlineStoreConfig:
+    type: str = "sqlite"
+    path: Optional[str] = None  # sqlite
+    connection_string: Optional[str] = None  # redis
+
+
+@dataclass
+class TrackingConfig:
+    tracking_uri: str = MISSING
+    artifact_location: Optional[str] = None
+    experiment: str = "feature-pipeline"
+
+
+@dataclass
+class RayConfig:
+    address: Optional[str] = None  # None starts a local runtime
+    num_cpus: Optional[int] = 2
+    object_store_memory_mb: Optional[int] = None
+    gold_partitions: int = 8  # hash partitions of entities for the gold build
+
+
+@dataclass
+class QualityConfig:
+    currencies: List[str] = MISSING
+    channels: List[str] = MISSING
+    max_amount: float = 1_000_000.0
+
+
+@dataclass
+class FeaturesConfig:
+    sets: List[str] = MISSING
+
+
+@dataclass
+class SampleConfig:
+    seed: int = 7
+    n_users: int = 2000
+    n_transactions: int = 200_000
+    days: int = 120
+    start_date: str = "2026-01-01"
+    n_merchants: int = 300
+    dirt_fraction: float = 0.01
+    parquet_every: int = 2  # every n-th day is written as Parquet, the others as CSV
+    output_dir: str = MISSING
+
+
+@dataclass
+class PipelineConfig:
+    data_dir: str = MISSING
+    profile: str = "local"
+    cutoff: str = MISSING  # the run's logical end (exclusive): events after it are quarantined
+    pii_key_env: str = "PIPELINE_PII_KEY"
+    sources: Dict[str, SourceConfig] = field(default_factory=dict)
+    catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    online_store: OnlineStoreConfig = field(default_factory=OnlineStoreConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    @property
+    def cutoff_ts(self) -> dt.datetime:
+        return parse_utc(self.cutoff)
+
+
+def parse_utc(text: str) -> dt.datetime:
+    value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+def _day_after(start_date: str, days: Any) -> str:
+    """`${day_after:2026-01-01,120}` -> the midnight ending the last generated day."""
+    end = dt.date.fromisoformat(str(start_date)) + dt.timedelta(days=int(days))
+    return f"{end.isoformat()}T00:00:00Z"
+
+
+def _register() -> None:
+    if not OmegaConf.has_resolver("day_after"):
+        OmegaConf.register_new_resolver("day_after", _day_after)
+    store = ConfigStore.instance()
+    store.store(name="pipeline_schema", node=PipelineConfig)
+    store.store(group="source", name="source_schema", node=SourceConfig)
+    store.store(group="catalog", name="catalog_schema", node=CatalogConfig)
+    store.store(group="online_store", name="online_store_schema", node=OnlineStoreConfig)
+    store.store(group="tracking", name="tracking_schema", node=TrackingConfig)
+    store.store(group="ray", name="ray_schema", node=RayConfig)
+    store.store(group="quality", name="quality_schema", node=QualityConfig)
+    store.store(group="features", name="features_schema", node=FeaturesConfig)
+
+
+_register()
+
+
+def _one_line(exc: BaseException) -> str:
+    """Hydra/OmegaConf errors span several lines and hide the reason in `__cause__`: fold them."""
+    parts = []
+    for err in (exc, exc.__cause__):
+        if err is None:
+            continue
+        lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+        lines = [ln for ln in lines if not ln.startswith(("To append", "Config search path", "provider="))]
+        lines = [ln for ln in lines if not ln.startswith(("object_type=", "reference_type="))]
+        parts.extend(ln.replace("\t", " ") for ln in lines)
+    return "; ".join(dict.fromkeys(parts)) or type(exc).__name__
+
+
+def load_config(overrides: List[str] | None = None) -> PipelineConfig:
+    """Compose conf/config.yaml with command-line overrides into a validated `PipelineConfig`."""
+    overrides = list(overrides or [])
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            composed = compose(config_name="config", overrides=overrides)
+        # Paths in the config interpolate data_dir: make it absolute once, before anything resolves it.
+        composed.data_dir = str(Path(str(composed.data_dir)).expanduser().resolve())
+        OmegaConf.resolve(composed)
+        typed = OmegaConf.merge(OmegaConf.structured(PipelineConfig), composed)
+        cfg: PipelineConfig = OmegaConf.to_object(typed)  # type: ignore[assignment]
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        raise ConfigError(f"config error: {_one_line(exc)}") from None
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: PipelineConfig) -> None:
+    """Checks a type cannot express; each failure names the setting."""
+    try:
+        cfg.cutoff_ts
+    except ValueError:
+        raise ConfigError(f"config error: cutoff={cfg.cutoff!r} is not an ISO-8601 timestamp") from None
+    if cfg.profile not in ("local", "prod"):
+        raise ConfigError(f"config error: profile={cfg.profile!r} must be local or prod")
+    for name, source in cfg.sources.items():
+        where = f"sources.{name}"
+        if source.kind not in SOURCE_KINDS:
+            raise ConfigError(f"config error: {where}.kind={source.kind!r} must be one of {SOURCE_KINDS}")
+        if source.kind == "files":
+            if not source.path:
+                raise ConfigError(f"config error: {where}.path is required for a files source")
+            unknown = sorted(set(source.formats) - set(FILE_FORMATS))
+            if unknown:
+                raise ConfigError(f"config error: {where}.formats has unknown format(s) {unknown}")
+        if source.kind == "sql" and not (source.uri and source.query):
+            raise ConfigError(f"config error: {where} needs both uri and query")
+        missing_pii = sorted(set(source.pii) - set(source.columns))
+        if missing_pii:
+            raise ConfigError(f"config error: {where}.pii names unknown column(s) {missing_pii}")
+        if source.key not in source.columns:
+            raise ConfigError(f"config error: {where}.key={source.key!r} is not one of its columns")
+    if cfg.online_store.type not in ("sqlite", "redis"):
+        raise ConfigError(f"config error: online_store.type={cfg.online_store.type!r} must be sqlite or redis")
+
+
+def resolved_dict(cfg: PipelineConfig) -> Dict[str, Any]:
+    """The resolved config as plain data (for hashing and for MLflow params)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def env_or_none(name: str) -> Optional[str]:
+    value = os.environ.get(name)
+    return value if value else None

@@ -1,0 +1,238 @@
+"""Reading sources into Ray datasets of bronze rows: every source column as text, plus ingest metadata.
+
+Files are listed and fingerprinted (sha256 of the content) on the driver through `pyarrow.fs`, so a path
+may be local or on object storage. Each file is then parsed inside a Ray task: nothing assumes that the
+workers share the driver's disk beyond what the path itself says. Malformed CSV lines are not dropped:
+they become bronze rows whose `_malformed_line` holds the raw text, so silver can quarantine them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import ray
+import sqlalchemy
+
+from pipelines.config import SourceConfig
+from pipelines.errors import SourceError
+
+METADATA_FIELDS = [
+    pa.field("_malformed_line", pa.string()),
+    pa.field("_source", pa.string()),
+    pa.field("_source_file", pa.string()),
+    pa.field("_source_file_sha256", pa.string()),
+    pa.field("_ingested_at", pa.timestamp("us", tz="UTC")),
+    pa.field("_run_id", pa.string()),
+    pa.field("_row_hash", pa.string()),
+]
+EXTENSIONS = {"csv": (".csv",), "parquet": (".parquet", ".parq")}
+
+
+def bronze_schema(source: SourceConfig) -> pa.Schema:
+    return pa.schema([pa.field(c, pa.string()) for c in source.columns] + METADATA_FIELDS)
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: str  # as the filesystem names it (absolute path or bucket/key)
+    uri: str  # what is recorded in `_source_file`
+    format: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class RejectedFile:
+    uri: str
+    reason: str
+
+
+def _filesystem(path: str) -> Tuple[pafs.FileSystem, str]:
+    if "://" not in path:
+        path = str(Path(path).resolve())
+    return pafs.FileSystem.from_uri(path if "://" in path else f"file://{path}")
+
+
+def list_files(name: str, source: SourceConfig) -> List[SourceFile]:
+    """Every data file of a files source, sorted by path, with its content hash."""
+    fs, root = _filesystem(source.path or "")
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise SourceError(f"source {name!r}: path {source.path} does not exist")
+    selector = pafs.FileSelector(root, recursive=True) if info.type == pafs.FileType.Directory else None
+    infos = fs.get_file_info(selector) if selector else [info]
+    files = []
+    for entry in sorted(infos, key=lambda i: i.path):
+        if entry.type != pafs.FileType.File:
+            continue
+        fmt = next((f for f in source.formats if entry.path.lower().endswith(EXTENSIONS[f])), None)
+        if fmt is None:
+            continue
+        scheme = (source.path or "").split("://", 1)[0] if "://" in (source.path or "") else ""
+        uri = f"{scheme}://{entry.path}" if scheme and scheme != "file" else entry.path
+        files.append(SourceFile(entry.path, uri, fmt, entry.size, _sha256(fs, entry.path)))
+    return files
+
+
+def _sha256(fs: pafs.FileSystem, path: str) -> str:
+    digest = hashlib.sha256()
+    with fs.open_input_stream(path) as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_file(source_path: str, file: SourceFile, columns: List[str]) -> Optional[str]:
+    """Why a file cannot be ingested at all (None when it can): cheap checks on the driver."""
+    if file.size == 0:
+        return "file is empty (0 bytes)"
+    fs, _ = _filesystem(source_path)
+    try:
+        if file.format == "parquet":
+            with fs.open_input_file(file.path) as handle:
+                names = pq.ParquetFile(handle).schema_arrow.names
+        else:
+            with fs.open_input_stream(file.path) as stream:
+                first = stream.read(64 * 1024).decode("utf-8", errors="replace").splitlines()
+            if not first or not first[0].strip():
+                return "file has no header line"
+            names = [n.strip() for n in first[0].split(",")]
+    except Exception as exc:  # any parse failure of the footer/header means the file is unusable
+        return f"cannot read {file.format} file: {str(exc).splitlines()[0]}"
+    missing = [c for c in columns if c not in names]
+    if missing:
+        return f"missing column(s) {missing} (has {names})"
+    return None
+
+
+def row_hashes(frame: pd.DataFrame, columns: List[str]) -> pd.Series:
+    """A stable 64-bit hash of each row's source values (vectorised; same value -> same hash everywhere)."""
+    hashed = pd.util.hash_pandas_object(frame[columns].astype("string").fillna("\x00<null>"), index=False)
+    return hashed.map("{:016x}".format)
+
+
+def _as_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    if pa.types.is_timestamp(column.type):
+        # ISO-8601 with microseconds and an explicit UTC designator: what silver parses back
+        utc = column.cast(pa.timestamp("us", tz="UTC"))
+        return pc.strftime(utc, format="%Y-%m-%dT%H:%M:%SZ")
+    return column.cast(pa.string())
+
+
+def _parse_csv(data: bytes, columns: List[str]) -> pa.Table:
+    malformed: List[str] = []
+
+    def keep_bad_line(row) -> str:
+        malformed.append(row.text)
+        return "skip"
+
+    table = pacsv.read_csv(
+        io.BytesIO(data),
+        read_options=pacsv.ReadOptions(use_threads=False),
+        parse_options=pacsv.ParseOptions(invalid_row_handler=keep_bad_line),
+        convert_options=pacsv.ConvertOptions(
+            column_types={c: pa.string() for c in columns},
+            include_columns=columns,
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+    good = table.append_column("_malformed_line", pa.nulls(table.num_rows, pa.string()))
+    bad = pa.table({**{c: pa.nulls(len(malformed), pa.string()) for c in columns},
+                    "_malformed_line": pa.array(malformed, pa.string())})
+    return pa.concat_tables([good, bad])
+
+
+def _read_file_block(batch: Dict[str, list], columns: List[str], source: str, run_id: str, ingested_at: dt.datetime,
+                     schema: pa.Schema) -> pa.Table:
+    """Ray task body: one file in, its bronze rows out."""
+    tables = []
+    for path, uri, fmt, sha, root in zip(batch["path"], batch["uri"], batch["format"], batch["sha256"], batch["root"]):
+        fs, _ = _filesystem(root)
+        if fmt == "csv":
+            with fs.open_input_stream(path) as stream:
+                table = _parse_csv(stream.read(), columns)
+        else:
+            with fs.open_input_file(path) as handle:
+                raw = pq.read_table(handle, columns=columns)
+            table = pa.table({c: _as_text(raw.column(c)) for c in columns})
+            table = table.append_column("_malformed_line", pa.nulls(table.num_rows, pa.string()))
+        tables.append(with_metadata(table, columns, source, uri, sha, run_id, ingested_at, schema))
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def with_metadata(table: pa.Table, columns: List[str], source: str, source_file: str, sha256: str, run_id: str,
+                  ingested_at: dt.datetime, schema: pa.Schema) -> pa.Table:
+    n = table.num_rows
+    hashes = row_hashes(table.select(columns + ["_malformed_line"]).to_pandas(), columns + ["_malformed_line"])
+    extra = {
+        "_source": pa.array([source] * n, pa.string()),
+        "_source_file": pa.array([source_file] * n, pa.string()),
+        "_source_file_sha256": pa.array([sha256] * n, pa.string()),
+        "_ingested_at": pa.array([ingested_at] * n, pa.timestamp("us", tz="UTC")),
+        "_run_id": pa.array([run_id] * n, pa.string()),
+        "_row_hash": pa.array(hashes.to_numpy(), pa.string()),
+    }
+    return pa.table({**{c: table.column(c) for c in columns + ["_malformed_line"]}, **extra}, schema=schema)
+
+
+def read_files(name: str, source: SourceConfig, files: List[SourceFile], run_id: str,
+               ingested_at: dt.datetime) -> ray.data.Dataset:
+    """One Ray task per file; the dataset's rows are bronze rows."""
+    items = [{"path": f.path, "uri": f.uri, "format": f.format, "sha256": f.sha256, "root": source.path}
+             for f in files]
+    return ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
+        _read_file_block,
+        batch_size=1,
+        batch_format="numpy",
+        fn_kwargs={"columns": list(source.columns), "source": name, "run_id": run_id,
+                   "ingested_at": ingested_at, "schema": bronze_schema(source)},
+    )
+
+
+def redact_uri(uri: str) -> str:
+    try:
+        return sqlalchemy.engine.make_url(uri).render_as_string(hide_password=True)
+    except Exception:
+        return uri
+
+
+def read_query(name: str, source: SourceConfig) -> ray.data.Dataset:
+    """Rows of a SQL source as text columns (Ray Data's SQL reader)."""
+    uri = source.uri or ""
+    if uri.startswith("sqlite:///"):
+        db_path = uri[len("sqlite:///"):]
+        if not Path(db_path).is_file():  # SQLite would silently create an empty database
+            raise SourceError(f"source {name!r}: database file {db_path} does not exist")
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f"SELECT * FROM ({source.query}) AS probe LIMIT 0")
+    except Exception as exc:
+        first = str(exc).splitlines()[0]
+        raise SourceError(f"source {name!r}: query failed on {redact_uri(uri)}: {first}") from None
+    finally:
+        engine.dispose()
+
+    def connect():
+        return sqlalchemy.create_engine(uri).raw_connection()
+
+    ds = ray.data.read_sql(source.query, connect)
+    columns = list(source.columns)
+
+    def as_text(batch: pa.Table) -> pa.Table:
+        return pa.table({c: _as_text(batch.column(c)) if c in batch.column_names else pa.nulls(batch.num_rows, pa.string())
+                         for c in columns})
+
+    return ds.map_batches(as_text, batch_format="pyarrow")

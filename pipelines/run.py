@@ -1,0 +1,156 @@
+"""One pipeline run: ingest -> refine -> build -> publish, tracked as one MLflow run.
+
+The run is a sequence of idempotent steps (see each stage's module docstring), so running it again with
+no new input writes nothing, and running it after new files arrive processes only those files.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict, Iterator, List
+
+from features.declarations import FeatureSet, validate as validate_declaration
+from features.registry import feature_sets
+from pipelines import logs, ray_runtime
+from pipelines.config import PipelineConfig, resolved_dict
+from pipelines.context import RunContext, code_version, config_hash, new_run_id
+from pipelines.errors import ConfigError
+from pipelines.io.lake import Lake
+from pipelines.pii import load_key
+from pipelines.stages import bronze, gold, silver
+from validation import transactions as tx_contract
+from validation import users as users_contract
+
+# Silver contracts by dataset: a source feeds a dataset only if validation/ has a contract for it.
+COLUMN_KINDS = {"transactions": tx_contract.COLUMN_KINDS, "users": users_contract.COLUMN_KINDS}
+
+
+def check_start_up(cfg: PipelineConfig) -> List[FeatureSet]:
+    """Everything that can be checked before any work: sources map to contracts, declarations are sound."""
+    for name, source in cfg.sources.items():
+        if source.dataset not in COLUMN_KINDS:
+            raise ConfigError(f"config error: sources.{name}.dataset={source.dataset!r} has no silver contract "
+                              f"(known: {sorted(COLUMN_KINDS)})")
+    sets = feature_sets(cfg.features.sets)
+    for fs in sets:
+        validate_declaration(fs, COLUMN_KINDS.get(fs.source_table, {}),
+                             COLUMN_KINDS.get(fs.entity_table) if fs.entity_table else None)
+    return sets
+
+
+@contextmanager
+def stage(ctx: RunContext, name: str) -> Iterator[None]:
+    logs.bind(stage=name)
+    log = logs.get()
+    log.info("stage started")
+    start = time.perf_counter()
+    yield
+    ctx.durations[name] = round(time.perf_counter() - start, 3)
+    log.info("stage finished", seconds=ctx.durations[name])
+
+
+def run(cfg: PipelineConfig) -> Dict[str, Any]:
+    sets = check_start_up(cfg)
+    started = dt.datetime.now(dt.timezone.utc)
+    run_id = new_run_id(started)
+    data_dir = Path(cfg.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "warehouse").mkdir(exist_ok=True)
+    (data_dir / "mlflow").mkdir(exist_ok=True)
+    logs.configure(data_dir / "logs" / f"{run_id}.jsonl")
+    logs.bind(run_id=run_id, stage="start")
+    log = logs.get()
+    pii_key = load_key(cfg.pii_key_env, cfg.profile, data_dir, log.warning)
+    log.info("run started", data_dir=str(data_dir), feature_sets=[fs.name for fs in sets])
+    ray_runtime.start(cfg.ray)
+    lake = Lake(cfg.catalog)
+    ctx = RunContext(cfg, lake, run_id, started, code_version(), config_hash(cfg))
+
+    from serving import publish as publishing
+    from serving import tracking
+
+    with tracking.tracked_run(cfg.tracking.tracking_uri, cfg.tracking.experiment, cfg.tracking.artifact_location,
+                              run_name=run_id, tags={"pipeline_run_id": run_id,
+                                                     "code_version": ctx.code_version}) as mlflow_run_id:
+        with stage(ctx, "ingest"):
+            for name, source in cfg.sources.items():
+                result = bronze.ingest(ctx, name, source)
+                ctx.counts[f"{source.dataset}.bronze_rows_ingested"] = result.rows
+                ctx.counts[f"{source.dataset}.units_ingested"] = len(result.units)
+        with stage(ctx, "refine"):
+            refined: Dict[str, silver.SilverResult] = {}
+            for name, source in cfg.sources.items():
+                if source.dataset == "users":
+                    refined["users"] = silver.refine_users(ctx, source, pii_key)
+            known = silver.known_user_ids(ctx)
+            for name, source in cfg.sources.items():
+                if source.dataset == "transactions":
+                    refined["transactions"] = silver.refine_transactions(ctx, source, known)
+            for dataset, result in refined.items():
+                ctx.counts.update(result.as_counts(dataset))
+        built: Dict[str, gold.GoldResult] = {}
+        with stage(ctx, "build"):
+            for fs in sets:
+                built[fs.name] = gold.build(ctx, fs)
+                ctx.counts[f"{fs.name}.gold_rows_written"] = built[fs.name].rows_written
+                ctx.digests[f"gold.{fs.name}"] = gold.content_digest(ctx, f"gold.{fs.name}") \
+                    if lake.exists(f"gold.{fs.name}") else ""
+        with stage(ctx, "publish"):
+            store = publishing.open_store(cfg)
+            publishing.apply(store, sets, cfg)
+            published = []
+            for fs in sets:
+                changed = built[fs.name]
+                if changed.first_as_of is None:
+                    continue
+                result = publishing.publish(store, lake, fs, changed.first_as_of)
+                published.append(result)
+                ctx.counts[f"{fs.name}.online_entities_written"] = result.entities_written
+                ctx.counts[f"{fs.name}.online_check_mismatches"] = result.mismatches
+                if result.mismatches:
+                    raise RuntimeError(f"online/offline check failed for {fs.name}: "
+                                       f"{result.mismatches} mismatching values in {result.checked} entities")
+            log.info("published", feature_sets=[r.feature_set for r in published])
+        with stage(ctx, "track"):
+            tables = _tables(ctx, cfg, sets)
+            tracking.log_params(tracking.flatten("", resolved_dict(cfg), {}))
+            tracking.log_metrics({**ctx.counts, **{f"seconds.{k}": v for k, v in ctx.durations.items()}})
+            for identifier, snapshot in ctx.tables_read.items():
+                tracking.log_table(lake.name, lake.properties, identifier, snapshot, "read")
+            for identifier, snapshot in ctx.tables_written.items():
+                tracking.log_table(lake.name, lake.properties, identifier, snapshot, "written",
+                                   ctx.digests.get(identifier))
+    new_data = bool(ctx.tables_written)
+    if not new_data:
+        log.info("no new data: nothing was written")
+    return {
+        "run_id": run_id,
+        "status": "succeeded",
+        "new_data": new_data,
+        "data_dir": str(data_dir),
+        "catalog": {"name": lake.name, "properties": lake.properties},
+        "tables": tables,
+        "quarantined": {d: r.quarantined for d, r in refined.items()},
+        "duplicates": {d: r.duplicates for d, r in refined.items()},
+        "counts": ctx.counts,
+        "rejected_files": ctx.rejected_files,
+        "gold_digests": ctx.digests,
+        "mlflow": {"tracking_uri": cfg.tracking.tracking_uri, "run_id": mlflow_run_id},
+        "feast_repo": str(publishing.repo_path(cfg)),
+        "seconds": ctx.durations,
+    }
+
+
+def _tables(ctx: RunContext, cfg: PipelineConfig, sets: List[FeatureSet]) -> Dict[str, Dict[str, Any]]:
+    identifiers = []
+    for source in cfg.sources.values():
+        identifiers += [f"bronze.{source.dataset}", f"silver.{source.dataset}", f"quarantine.{source.dataset}"]
+    identifiers += [f"gold.{fs.name}" for fs in sets]
+    return {
+        identifier: {"snapshot_id": ctx.lake.current_snapshot_id(identifier), "rows": ctx.lake.row_count(identifier)}
+        for identifier in identifiers
+        if ctx.lake.exists(identifier)
+    }

@@ -1,0 +1,194 @@
+"""Refine: bronze rows -> typed, validated, deduplicated silver; failing rows -> quarantine with reasons.
+
+Row accounting per bronze run: rows in = silver rows + quarantined rows + duplicates dropped.
+
+Idempotency: silver and quarantine rows carry the bronze `_run_id` they came from, and each write
+replaces exactly the rows of the bronze runs it processes (an overwrite filtered on `_run_id`), so
+redoing a run's refinement converges instead of duplicating. The silver commit records the bronze runs
+it consumed (`bronze_runs`); later runs only refine bronze runs not yet recorded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Dict, List
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyiceberg.expressions import And, EqualTo, GreaterThanOrEqual, In, LessThan, NotIn
+from ray.data.expressions import col
+
+from pipelines import logs
+from pipelines.config import SourceConfig
+from pipelines.context import RunContext
+from pipelines.io import sources
+from pipelines.io.lake import TableSpec
+from pipelines.pii import tokenize
+from pipelines.stages.bronze import pending_runs, table_spec as bronze_spec
+from validation import transactions as tx_contract
+from validation import users as users_contract
+
+DEDUP_BUCKETS = 16
+
+
+@dataclass
+class SilverResult:
+    rows_in: int = 0
+    valid: int = 0
+    quarantined: int = 0
+    duplicates: int = 0
+    first_day: dt.date | None = None  # event days touched by new silver rows
+    last_day: dt.date | None = None
+
+    def as_counts(self, dataset: str) -> Dict[str, int]:
+        return {f"{dataset}.bronze_rows_refined": self.rows_in, f"{dataset}.silver_rows_added": self.valid,
+                f"{dataset}.quarantined": self.quarantined, f"{dataset}.duplicates_dropped": self.duplicates}
+
+
+def quarantine_spec(source: SourceConfig) -> TableSpec:
+    schema = sources.bronze_schema(source).append(pa.field("_failed_rules", pa.string()))
+    return TableSpec(f"quarantine.{source.dataset}", schema)
+
+
+def silver_transactions_spec() -> TableSpec:
+    return TableSpec("silver.transactions", tx_contract.SILVER_SCHEMA, day_partition="ts")
+
+
+def silver_users_spec() -> TableSpec:
+    return TableSpec("silver.users", users_contract.SILVER_SCHEMA)
+
+
+# --- users: a small dimension, refreshed whole from its latest bronze copy --------------------------
+def refine_users(ctx: RunContext, source: SourceConfig, pii_key: bytes) -> SilverResult:
+    log = logs.get()
+    bronze, silver, quarantine = bronze_spec(source), silver_users_spec(), quarantine_spec(source)
+    pending = pending_runs(ctx, bronze.identifier, silver.identifier)
+    if not pending:
+        log.info("no new bronze rows", table=silver.identifier)
+        return SilverResult()
+    ctx.read(bronze.identifier)
+    raw = ctx.lake.read_arrow(bronze.identifier, EqualTo("_run_id", pending[-1])).to_pandas()
+    raw = raw.sort_values(["_row_hash"], kind="mergesort").reset_index(drop=True)
+    typed, failures = users_contract.check_users(raw)
+    valid = failures.isna()
+    duplicate = valid & typed["user_id"].duplicated(keep="first")
+    keep = valid & ~duplicate
+    for column in source.pii:  # raw PII never leaves bronze, quarantine included
+        raw[column] = tokenize(raw[column], pii_key)
+    silver_rows = pa.table(
+        {
+            "user_id": pa.array(typed.loc[keep, "user_id"].astype("int64"), pa.int64()),
+            **{c: pa.array(raw.loc[keep, c], pa.string()) for c in ("email", "full_name", "phone", "birth_date")},
+            "country": pa.array(typed.loc[keep, "country"], pa.string()),
+            "signup_ts": pa.array(typed.loc[keep, "signup_ts"], pa.timestamp("us", tz="UTC")),
+            "_row_hash": pa.array(raw.loc[keep, "_row_hash"], pa.string()),
+            "_run_id": pa.array(raw.loc[keep, "_run_id"], pa.string()),
+        },
+        schema=silver.schema,
+    ).sort_by("user_id")
+    bad = raw.loc[~valid].assign(_failed_rules=failures[~valid])
+    ctx.lake.ensure(quarantine)
+    q_table = ctx.lake.table(quarantine.identifier)
+    q_table.overwrite(pa.Table.from_pandas(bad[quarantine.schema.names], schema=quarantine.schema, preserve_index=False),
+                      overwrite_filter=In("_run_id", pending), snapshot_properties=ctx.commit_properties())
+    ctx.wrote(quarantine.identifier, ctx.lake.current_snapshot_id(quarantine.identifier))
+    snapshot = ctx.lake.replace_all(silver_rows, silver, ctx.commit_properties(bronze_runs=pending))
+    ctx.wrote(silver.identifier, snapshot)
+    result = SilverResult(len(raw), int(keep.sum()), int((~valid).sum()), int(duplicate.sum()))
+    log.info("silver written", table=silver.identifier, rows=result.valid, quarantined=result.quarantined,
+             duplicates=result.duplicates)
+    return result
+
+
+# --- transactions: the large fact table, refined on Ray ---------------------------------------------
+def _annotate(batch: pd.DataFrame, rules: tx_contract.TransactionRules, schema: pa.Schema) -> pa.Table:
+    """Bronze rows plus `_failed_rules`, typed explicitly: an all-valid batch must still yield strings."""
+    _, failures = tx_contract.check_transactions(batch, rules)
+    table = pa.Table.from_pandas(batch.reset_index(drop=True)[schema.names[:-1]], schema=pa.schema(list(schema)[:-1]),
+                                 preserve_index=False)
+    return table.append_column(schema.field("_failed_rules"), pa.array(failures.to_numpy(), pa.string(), from_pandas=True))
+
+
+def _quarantined(batch: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    bad = batch.loc[batch["_failed_rules"].notna()]
+    return pa.Table.from_pandas(bad[schema.names], schema=schema, preserve_index=False)
+
+
+def _valid(batch: pd.DataFrame) -> pa.Table:
+    good = batch.loc[batch["_failed_rules"].isna()].reset_index(drop=True)
+    typed = tx_contract.parse(good)
+    table = tx_contract.to_silver_arrow(typed, good)
+    bucket = pd.util.hash_pandas_object(good["tx_id"], index=False).to_numpy() % DEDUP_BUCKETS
+    return table.append_column("_bucket", pa.array(bucket.astype(np.int64)))
+
+
+def _first_occurrences(group: pa.Table, existing: pa.Array) -> pa.Table:
+    """Keep the first row of each tx_id (ordered by source file and row hash) not already in silver."""
+    group = group.sort_by([("tx_id", "ascending"), ("_source_file", "ascending"), ("_row_hash", "ascending")])
+    ids = group.column("tx_id").to_numpy(zero_copy_only=False)
+    first = np.r_[True, ids[1:] != ids[:-1]] if len(ids) else np.zeros(0, dtype=bool)
+    known = pc.is_in(group.column("tx_id"), value_set=existing).to_numpy(zero_copy_only=False)
+    return group.filter(pa.array(first & ~known)).drop_columns(["_bucket"])
+
+
+def refine_transactions(ctx: RunContext, source: SourceConfig, known_user_ids: List[int]) -> SilverResult:
+    log = logs.get()
+    bronze, silver, quarantine = bronze_spec(source), silver_transactions_spec(), quarantine_spec(source)
+    pending = pending_runs(ctx, bronze.identifier, silver.identifier)
+    if not pending:
+        log.info("no new bronze rows", table=silver.identifier)
+        return SilverResult()
+    ctx.read(bronze.identifier)
+    rules = tx_contract.TransactionRules(
+        known_user_ids=known_user_ids,
+        currencies=list(ctx.cfg.quality.currencies),
+        channels=list(ctx.cfg.quality.channels),
+        max_amount=ctx.cfg.quality.max_amount,
+        cutoff=ctx.cfg.cutoff_ts,
+    )
+    checked = (
+        ctx.lake.read_ray(bronze.identifier, In("_run_id", pending))
+        .map_batches(_annotate, fn_kwargs={"rules": rules, "schema": quarantine.schema}, batch_format="pandas")
+        .materialize()
+    )
+    rows_in = checked.count()
+    bad = checked.map_batches(_quarantined, fn_kwargs={"schema": quarantine.schema}, batch_format="pandas")
+    valid = checked.map_batches(_valid, batch_format="pandas").materialize()
+    n_valid = valid.count()
+    first_day = last_day = None
+    existing = pa.array([], pa.string())
+    if n_valid:
+        first_ts, last_ts = valid.min("ts"), valid.max("ts")
+        first_day, last_day = first_ts.date(), last_ts.date()
+        if ctx.lake.exists(silver.identifier):
+            day_filter = And(
+                GreaterThanOrEqual("ts", dt.datetime.combine(first_day, dt.time(), dt.timezone.utc).isoformat()),
+                LessThan("ts", dt.datetime.combine(last_day + dt.timedelta(days=1), dt.time(),
+                                                   dt.timezone.utc).isoformat()),
+            )
+            existing = ctx.lake.read_arrow(silver.identifier, And(day_filter, NotIn("_run_id", pending)),
+                                           ["tx_id"]).column("tx_id").combine_chunks()
+    deduped = valid.groupby("_bucket").map_groups(
+        _first_occurrences, fn_kwargs={"existing": existing}, batch_format="pyarrow"
+    ).materialize()
+    n_silver = deduped.count()
+    replaces = col("_run_id").is_in(pending)
+    q_snapshot = ctx.lake.write(bad, quarantine, ctx.commit_properties(), overwrite_filter=replaces)
+    ctx.wrote(quarantine.identifier, q_snapshot)
+    s_snapshot = ctx.lake.write(deduped, silver, ctx.commit_properties(bronze_runs=pending), overwrite_filter=replaces)
+    ctx.wrote(silver.identifier, s_snapshot)
+    result = SilverResult(rows_in, n_silver, rows_in - n_valid, n_valid - n_silver, first_day, last_day)
+    log.info("silver written", table=silver.identifier, rows_in=rows_in, rows=n_silver,
+             quarantined=result.quarantined, duplicates=result.duplicates)
+    return result
+
+
+def known_user_ids(ctx: RunContext) -> List[int]:
+    spec = silver_users_spec()
+    if not ctx.lake.exists(spec.identifier):
+        return []
+    ctx.read(spec.identifier)
+    return ctx.lake.read_arrow(spec.identifier, columns=["user_id"]).column("user_id").to_pylist()

@@ -1,0 +1,1 @@
+"""Contracts of the silver and gold tables: one pandera schema per table, every check named."""

@@ -1,0 +1,30 @@
+"""Contract of a gold table, derived from its feature set's declaration."""
+
+from __future__ import annotations
+
+import pandera.pandas as pa
+
+from features.declarations import FeatureSet
+
+
+def contract(fs: FeatureSet) -> pa.DataFrameSchema:
+    """Key columns present and unique per (entity, as_of); counts non-negative; declared columns only."""
+    columns = {
+        fs.entity.join_key: pa.Column(nullable=False),
+        fs.as_of_column: pa.Column(nullable=False),
+    }
+    non_negative = {
+        name
+        for agg in fs.aggregations
+        if agg.agg in ("count", "count_distinct", "days_since_last")
+        for name in agg.feature_names()
+    }
+    for name in fs.feature_dtypes():
+        checks = [pa.Check.ge(0, name=f"{name}_non_negative")] if name in non_negative else []
+        columns[name] = pa.Column(nullable=True, checks=checks)
+    return pa.DataFrameSchema(
+        columns,
+        strict=True,
+        unique=[fs.entity.join_key, fs.as_of_column],
+        report_duplicates="all",
+    )

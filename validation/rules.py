@@ -1,0 +1,31 @@
+"""Turning pandera's lazy failure report into one `_failed_rules` value per row."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import pandas as pd
+import pandera.pandas as pa
+from pandera.errors import SchemaErrors
+
+RULE_SEPARATOR = ";"
+
+
+def failed_rules(schema: pa.DataFrameSchema, frame: pd.DataFrame, rule_order: Sequence[str]) -> pd.Series:
+    """Validate lazily (every failure collected) and return, per row, the failed rules joined by ';'
+    in `rule_order` (None for a valid row). The frame's index must be unique."""
+    result = pd.Series(None, index=frame.index, dtype="object")
+    try:
+        schema.validate(frame, lazy=True)
+        return result
+    except SchemaErrors as errors:
+        cases = errors.failure_cases
+    cases = cases.loc[cases["index"].notna(), ["index", "check"]].drop_duplicates()
+    rank = {rule: i for i, rule in enumerate(rule_order)}
+    unknown = set(cases["check"]) - set(rank)
+    if unknown:  # a schema-level failure (wrong dtype, missing column) is a bug in the caller
+        raise RuntimeError(f"unexpected schema failures: {sorted(unknown)}")
+    cases = cases.assign(_rank=cases["check"].map(rank)).sort_values(["index", "_rank"])
+    joined = cases.groupby("index", sort=False)["check"].agg(RULE_SEPARATOR.join)
+    result.loc[joined.index] = joined.to_numpy()
+    return result
