@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -60,6 +61,8 @@ def configure(log_file: Path, interactive: bool | None = None) -> None:
     )
     # Third-party libraries log through stdlib logging: keep only their warnings, away from stdout.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message="Delete operation did not match any records")
     for noisy in ("ray", "ray.data", "feast", "mlflow", "alembic", "pyiceberg", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 

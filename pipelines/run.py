@@ -65,9 +65,11 @@ def run(cfg: PipelineConfig) -> Dict[str, Any]:
     log = logs.get()
     pii_key = load_key(cfg.pii_key_env, cfg.profile, data_dir, log.warning)
     log.info("run started", data_dir=str(data_dir), feature_sets=[fs.name for fs in sets])
-    ray_runtime.start(cfg.ray)
     lake = Lake(cfg.catalog)
     ctx = RunContext(cfg, lake, run_id, started, code_version(), config_hash(cfg))
+    with stage(ctx, "plan"):  # every source is checked before anything is written
+        plans = {name: bronze.plan(ctx, name, source) for name, source in cfg.sources.items()}
+    ray_runtime.start(cfg.ray)
 
     from serving import publish as publishing
     from serving import tracking
@@ -77,7 +79,7 @@ def run(cfg: PipelineConfig) -> Dict[str, Any]:
                                                      "code_version": ctx.code_version}) as mlflow_run_id:
         with stage(ctx, "ingest"):
             for name, source in cfg.sources.items():
-                result = bronze.ingest(ctx, name, source)
+                result = bronze.ingest(ctx, name, source, plans[name])
                 ctx.counts[f"{source.dataset}.bronze_rows_ingested"] = result.rows
                 ctx.counts[f"{source.dataset}.units_ingested"] = len(result.units)
         with stage(ctx, "refine"):

@@ -9,6 +9,7 @@ what makes reruns converge instead of duplicating.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
@@ -101,13 +102,15 @@ class Lake:
     def read_ray(
         self, identifier: str, row_filter: BooleanExpression = AlwaysTrue(), columns: Sequence[str] = ("*",)
     ) -> ray.data.Dataset:
-        """A bulk read, split across Ray tasks by data file."""
-        return ray.data.read_iceberg(
-            table_identifier=identifier,
-            row_filter=row_filter,
-            selected_fields=tuple(columns),
-            catalog_kwargs=self.ray_catalog_kwargs,
-        )
+        """A bulk read, split across Ray tasks by data file (filter and projection pushed to pyiceberg)."""
+        with warnings.catch_warnings():  # the parameters are deprecated in favour of lazy ops, which
+            warnings.simplefilter("ignore", DeprecationWarning)  # do not prune files the same way yet
+            return ray.data.read_iceberg(
+                table_identifier=identifier,
+                row_filter=row_filter,
+                selected_fields=tuple(columns),
+                catalog_kwargs=self.ray_catalog_kwargs,
+            )
 
     # --- writes --------------------------------------------------------------------------------
     def write(

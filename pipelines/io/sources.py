@@ -208,8 +208,8 @@ def redact_uri(uri: str) -> str:
         return uri
 
 
-def read_query(name: str, source: SourceConfig) -> ray.data.Dataset:
-    """Rows of a SQL source as text columns (Ray Data's SQL reader)."""
+def probe_query(name: str, source: SourceConfig) -> None:
+    """Fail with one line, before any work, if the database or the query is not there."""
     uri = source.uri or ""
     if uri.startswith("sqlite:///"):
         db_path = uri[len("sqlite:///"):]
@@ -225,10 +225,17 @@ def read_query(name: str, source: SourceConfig) -> ray.data.Dataset:
     finally:
         engine.dispose()
 
+
+def read_query(name: str, source: SourceConfig) -> ray.data.Dataset:
+    """Rows of a SQL source as text columns (Ray Data's SQL reader)."""
+    uri = source.uri or ""
+
     def connect():
         return sqlalchemy.create_engine(uri).raw_connection()
 
-    ds = ray.data.read_sql(source.query, connect)
+    # One read task: without shard keys Ray cannot split a query, and its default of 200 empty-ish blocks
+    # makes every later operation pay 200 task launches.
+    ds = ray.data.read_sql(source.query, connect, override_num_blocks=1)
     columns = list(source.columns)
 
     def as_text(batch: pa.Table) -> pa.Table:

@@ -35,18 +35,25 @@ def _already_ingested(ctx: RunContext, spec: TableSpec) -> set:
     return {(u["uri"], u["sha256"]) for u in ctx.lake.recorded(spec.identifier, INGESTED_UNITS)}
 
 
-def ingest(ctx: RunContext, name: str, source: SourceConfig) -> BronzeResult:
+@dataclass
+class FilePlan:
+    """What a files source will ingest in this run, decided before anything is written."""
+
+    name: str
+    source: SourceConfig
+    new_files: List[sources.SourceFile]
+    found: int
+
+
+def plan(ctx: RunContext, name: str, source: SourceConfig):
+    """Check a source can be read and decide what is new: raises a one-line SourceError before any write."""
     spec = table_spec(source)
-    ctx.lake.ensure(spec)
-    if source.kind == "files":
-        return _ingest_files(ctx, name, source, spec)
-    return _ingest_query(ctx, name, source, spec)
-
-
-def _ingest_files(ctx: RunContext, name: str, source: SourceConfig, spec: TableSpec) -> BronzeResult:
+    if source.kind != "files":
+        sources.probe_query(name, source)
+        return None
     log = logs.get()
     files = sources.list_files(name, source)
-    seen = _already_ingested(ctx, spec)
+    seen = _already_ingested(ctx, spec) if ctx.lake.exists(spec.identifier) else set()
     new = [f for f in files if (f.uri, f.sha256) not in seen]
     good = []
     for file in new:
@@ -57,6 +64,20 @@ def _ingest_files(ctx: RunContext, name: str, source: SourceConfig, spec: TableS
         else:
             good.append(file)
     log.info("files listed", source=name, found=len(files), already_ingested=len(files) - len(new), new=len(good))
+    return FilePlan(name, source, good, len(files))
+
+
+def ingest(ctx: RunContext, name: str, source: SourceConfig, file_plan: "FilePlan | None") -> BronzeResult:
+    spec = table_spec(source)
+    ctx.lake.ensure(spec)
+    if source.kind == "files":
+        return _ingest_files(ctx, file_plan, spec)  # type: ignore[arg-type]
+    return _ingest_query(ctx, name, source, spec)
+
+
+def _ingest_files(ctx: RunContext, file_plan: FilePlan, spec: TableSpec) -> BronzeResult:
+    log = logs.get()
+    good, name, source = file_plan.new_files, file_plan.name, file_plan.source
     if not good:
         return BronzeResult(0, [])
     ds = sources.read_files(name, source, good, ctx.run_id, ctx.started_at).materialize()

@@ -17,6 +17,7 @@ from typing import List, Optional, Tuple
 
 import pandas as pd
 import pyarrow as pa
+import ray
 from pyiceberg.expressions import And, GreaterThanOrEqual, In, LessThan
 from ray.data.expressions import col
 
@@ -83,6 +84,18 @@ def _with_bucket(batch: pa.Table, key: str, partitions: int) -> pa.Table:
     return batch.append_column("_bucket", pa.array(hashed.astype("int64")))
 
 
+def compute_on_ray(events: ray.data.Dataset, fs: FeatureSet, first: dt.date, last: dt.date,
+                   entities: Optional[pd.DataFrame], partitions: int) -> ray.data.Dataset:
+    """Gold rows for as-of days [first, last]: hash-partition events by entity, compute each partition."""
+    return (
+        events.map_batches(_with_bucket, fn_kwargs={"key": fs.entity.join_key, "partitions": partitions},
+                           batch_format="pyarrow")
+        .groupby("_bucket", num_partitions=partitions)
+        .map_groups(_compute_group, fn_kwargs={"fs_name": fs.name, "first": first, "last": last,
+                                               "entities": entities}, batch_format="pyarrow")
+    )
+
+
 def build(ctx: RunContext, fs: FeatureSet) -> GoldResult:
     log = logs.get().bind(feature_set=fs.name)
     spec = table_spec(fs)
@@ -127,15 +140,7 @@ def build(ctx: RunContext, fs: FeatureSet) -> GoldResult:
         ctx.read(entity_id)
         columns = [fs.entity.join_key] + sorted({a.column for a in fs.attributes})
         entities = ctx.lake.read_arrow(entity_id, columns=columns).to_pandas()
-    gold = (
-        events.map_batches(_with_bucket, fn_kwargs={"key": fs.entity.join_key,
-                                                   "partitions": ctx.cfg.ray.gold_partitions},
-                           batch_format="pyarrow")
-        .groupby("_bucket")
-        .map_groups(_compute_group, fn_kwargs={"fs_name": fs.name, "first": first, "last": last,
-                                               "entities": entities}, batch_format="pyarrow")
-        .materialize()
-    )
+    gold = compute_on_ray(events, fs, first, last, entities, ctx.cfg.ray.gold_partitions).materialize()
     result.rows_written = gold.count()
     replaces = (col(fs.as_of_column) >= _midnight(first)) & (col(fs.as_of_column) <= _midnight(last))
     snapshot = ctx.lake.write(gold, spec, ctx.commit_properties(bronze_runs=pending, as_of_first=str(first),

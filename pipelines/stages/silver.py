@@ -171,7 +171,7 @@ def refine_transactions(ctx: RunContext, source: SourceConfig, known_user_ids: L
             )
             existing = ctx.lake.read_arrow(silver.identifier, And(day_filter, NotIn("_run_id", pending)),
                                            ["tx_id"]).column("tx_id").combine_chunks()
-    deduped = valid.groupby("_bucket").map_groups(
+    deduped = valid.groupby("_bucket", num_partitions=DEDUP_BUCKETS).map_groups(
         _first_occurrences, fn_kwargs={"existing": existing}, batch_format="pyarrow"
     ).materialize()
     n_silver = deduped.count()
