@@ -121,7 +121,9 @@ def run(cfg: PipelineConfig) -> Dict[str, Any]:
             tracking.log_params(tracking.flatten("", resolved_dict(cfg), {}))
             tracking.log_metrics({**ctx.counts, **{f"seconds.{k}": v for k, v in ctx.durations.items()}})
             for identifier, snapshot in ctx.tables_read.items():
-                tracking.log_table(lake.name, lake.properties, identifier, snapshot, "read")
+                # a snapshot this run wrote and then read is one dataset: MLflow keeps it once, as written
+                if ctx.tables_written.get(identifier) != snapshot:
+                    tracking.log_table(lake.name, lake.properties, identifier, snapshot, "read")
             for identifier, snapshot in ctx.tables_written.items():
                 tracking.log_table(lake.name, lake.properties, identifier, snapshot, "written",
                                    ctx.digests.get(identifier))
