@@ -1,0 +1,49 @@
+"""Configuration is typed and validated at start-up; errors are one line naming the setting."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines.config import load_config
+from pipelines.errors import ConfigError
+
+
+def test_defaults_compose_with_absolute_paths(tmp_path):
+    cfg = load_config([f"data_dir={tmp_path}"])
+    assert cfg.catalog.uri == f"sqlite:///{tmp_path}/catalog.db"
+    assert cfg.catalog.warehouse == f"file://{tmp_path}/warehouse"
+    assert cfg.sources["users"].uri == f"sqlite:///{tmp_path}/sample/users.db"
+    assert cfg.cutoff == "2026-05-01T00:00:00Z"  # start 2026-01-01 + 120 days
+    assert cfg.features.sets == ["user_spend_daily", "merchant_activity"]
+
+
+def test_relative_data_dir_becomes_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_config(["data_dir=rel"]).data_dir == str(tmp_path / "rel")
+
+
+def test_cutoff_follows_the_sample_size():
+    assert load_config(["sample.days=20"]).cutoff == "2026-01-21T00:00:00Z"
+
+
+def test_feature_group_selects_sets():
+    assert load_config(["features=merchant_activity"]).features.sets == ["merchant_activity"]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("nope=1", "Key 'nope' not in 'PipelineConfig'"),
+        ("ray.num_cpus=two", "Value 'two' of type 'str' could not be converted to Integer"),
+        ("catalog=oracle", "Could not find 'catalog/oracle'"),
+        ("cutoff=yesterday", "cutoff='yesterday' is not an ISO-8601 timestamp"),
+        ("sources.users.kind=ftp", "sources.users.kind='ftp' must be one of ('files', 'sql')"),
+        ("sources.transactions.formats=[csv,xlsx]", "sources.transactions.formats has unknown format(s) ['xlsx']"),
+        ("online_store.type=dynamo", "online_store.type='dynamo' must be sqlite or redis"),
+    ],
+)
+def test_bad_config_is_one_line(override, message):
+    with pytest.raises(ConfigError) as raised:
+        load_config([override])
+    assert message in str(raised.value)
+    assert "\n" not in str(raised.value)
