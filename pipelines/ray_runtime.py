@@ -13,6 +13,7 @@ from pipelines.config import RayConfig
 
 def start(cfg: RayConfig) -> None:
     if ray.is_initialized():
+        ray.data.DataContext.get_current().shuffle_strategy = cfg.shuffle_strategy
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     address = cfg.address or os.environ.get("RAY_ADDRESS")
@@ -28,6 +29,7 @@ def start(cfg: RayConfig) -> None:
         object_store = cfg.object_store_memory_mb * 1024 * 1024 if cfg.object_store_memory_mb else None
         ray.init(num_cpus=cfg.num_cpus, object_store_memory=object_store, **kwargs)
     context = ray.data.DataContext.get_current()
+    context.shuffle_strategy = cfg.shuffle_strategy
     context.enable_progress_bars = sys.stderr.isatty()
     context.print_on_execution_start = False
     context.enable_operator_progress_bars = False

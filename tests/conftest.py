@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -62,6 +61,3 @@ def pipeline_run(tmp_path_factory, ray_session):
     summary = run(cfg)
     return {"cfg": cfg, "summary": summary, "planted": planted, "data_dir": data_dir}
 
-
-def summary_json(result) -> dict:
-    return json.loads(json.dumps(result["summary"], default=str))

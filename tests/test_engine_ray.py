@@ -44,7 +44,7 @@ def test_ray_path_equals_pandas_path_for_any_block_count(ray_session, name):
     events, scales = events_from_arrow(table)
     expected = to_arrow(build_features(events, fs, first, last, entities, scales), fs)
     digests = set()
-    for blocks, partitions in [(1, 1), (3, 4), (7, 3)]:
+    for blocks, partitions in [(1, 1), (7, 3)]:
         ds = ray.data.from_arrow(table).repartition(blocks)
         got = pa.concat_tables(
             [pa.Table.from_pandas(b, preserve_index=False) for b in

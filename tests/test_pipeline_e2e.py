@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -15,7 +14,7 @@ import pytest
 from pyiceberg.catalog import load_catalog
 
 from features.registry import feature_set
-from tests.conftest import BOUNDARY_LINES, SMALL
+from tests.conftest import BOUNDARY_LINES
 from tests.oracle import oracle
 
 pytestmark = pytest.mark.e2e
@@ -154,8 +153,15 @@ FEAST_SCRIPT = """
     hist["event_timestamp"] = hist["event_timestamp"].astype(str)
     merchant = store.get_online_features(features=["merchant_activity:revenue_30d", "merchant_activity:web_share_30d"],
                                          entity_rows=[{"merchant_id": 1}, {"merchant_id": 2}]).to_df()
+    merchant_df = pd.DataFrame({"merchant_id": [1, 2, 3],
+                                "event_timestamp": pd.to_datetime(["2026-01-10T09:00Z", "2026-01-15T00:00Z",
+                                                                   "2026-01-20T23:59:59Z"], utc=True, format="ISO8601")})
+    merchant_hist = store.get_historical_features(
+        entity_df=merchant_df, features=store.get_feature_service("merchant_activity_service")).to_df()
+    merchant_hist["event_timestamp"] = merchant_hist["event_timestamp"].astype(str)
     print(json.dumps({"online": online.to_dict("records"), "historical": hist.to_dict("records"),
-                      "merchant": merchant.to_dict("records")}, default=str))
+                      "merchant": merchant.to_dict("records"),
+                      "merchant_historical": merchant_hist.to_dict("records")}, default=str))
 """
 
 
@@ -201,6 +207,12 @@ def test_feast_online_and_historical_from_a_separate_process(pipeline_run):
     newest = merchants.sort_values("as_of").groupby("merchant_id").tail(1).set_index("merchant_id")
     for record in result["merchant"]:
         assert record["revenue_30d"] == newest.loc[record["merchant_id"], "revenue_30d"]
+    by_merchant = merchants.set_index(["merchant_id", "as_of"])
+    assert len(result["merchant_historical"]) == 3
+    for record in result["merchant_historical"]:
+        expected = by_merchant.loc[(record["merchant_id"], pd.Timestamp(record["event_timestamp"]).floor("D"))]
+        for f in ("revenue_7d", "revenue_30d", "web_revenue_30d", "unique_customers_30d", "web_share_30d"):
+            assert _none_if_nan(record[f]) == _none_if_nan(expected[f].item()), (record, f)
 
 
 def test_mlflow_run_names_every_table_snapshot(pipeline_run):

@@ -102,3 +102,42 @@ def test_help_lists_commands_and_overrides():
     assert out.returncode == 0
     for word in ("run", "sample-data", "data_dir=", "features="):
         assert word in out.stdout
+
+
+def test_late_arriving_day_recomputes_only_the_affected_as_of_range(pipeline_run):
+    """Runs after the rerun test (same data dir): events for an old day arrive in a new file."""
+    import pandas as pd
+
+    from pipelines.run import run
+    from tests.test_pipeline_e2e import _assert_gold_equals_oracle
+
+    data_dir = pipeline_run["data_dir"]
+    summary = pipeline_run["summary"]
+    catalog = load_catalog(summary["catalog"]["name"], **summary["catalog"]["properties"])
+    before = catalog.load_table("gold.merchant_activity").scan().to_pandas()
+    folder = Path(pipeline_run["cfg"].sample.output_dir) / "transactions"
+    (folder / "late-2026-01-09.csv").write_text(
+        "tx_id,user_id,merchant_id,amount,currency,channel,ts\n"
+        "late-1,5,3,42.00,EUR,web,2026-01-09T10:00:00.000000Z\n")
+    result = run(small_config(data_dir, "cutoff=2026-01-22T00:00:00Z"))
+    assert result["counts"]["transactions.silver_rows_added"] == 1
+    table = load_catalog(result["catalog"]["name"], **result["catalog"]["properties"]).load_table(
+        "gold.merchant_activity")
+    props = table.current_snapshot().summary.additional_properties
+    # merchant windows are at most 30 days: as-of 01-10 .. min(01-09 + 30 days, last data day + 1)
+    silver = load_catalog(result["catalog"]["name"], **result["catalog"]["properties"]).load_table(
+        "silver.transactions").scan(selected_fields=("ts",)).to_pandas()
+    last_as_of = (silver["ts"].max().floor("D") + pd.Timedelta(days=1)).date().isoformat()
+    assert last_as_of in ("2026-01-21", "2026-01-22")  # without / with the rerun test's new day
+    assert (props["as_of_first"], props["as_of_last"]) == ("2026-01-10", last_as_of)
+    after = table.scan().to_pandas()
+    untouched = pd.Timestamp("2026-01-10T00:00Z")
+    keep = ["merchant_id", "as_of"]
+    old_rows = before[before["as_of"] < untouched].sort_values(keep).reset_index(drop=True)
+    new_rows = after[after["as_of"] < untouched].sort_values(keep).reset_index(drop=True)
+    pd.testing.assert_frame_equal(old_rows, new_rows)
+    changed = after[(after["merchant_id"] == 3) & (after["as_of"] == pd.Timestamp("2026-01-10T00:00Z"))]
+    previous = before[(before["merchant_id"] == 3) & (before["as_of"] == pd.Timestamp("2026-01-10T00:00Z"))]
+    assert changed["revenue_7d"].iloc[0] == (previous["revenue_7d"].iloc[0] if len(previous) else 0.0) + 42.0
+    _assert_gold_equals_oracle(result, "merchant_activity")
+    _assert_gold_equals_oracle(result, "user_spend_daily")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import pyarrow as pa
 import ray
@@ -29,6 +29,7 @@ from ray.data import SaveMode
 from pipelines.config import CatalogConfig
 from pipelines.errors import PipelineError
 
+ROWS_PER_FILE = 1_000_000
 TABLE_PROPERTIES = {
     "write.parquet.compression-codec": "zstd",
     "format-version": "2",
@@ -129,8 +130,14 @@ class Lake:
         """
         self.ensure(spec)
         ds = ds.materialize()
-        if overwrite_filter is None and ds.count() == 0:
+        rows = ds.count()
+        if overwrite_filter is None and rows == 0:
             return self.current_snapshot_id(spec.identifier)
+        # One data file per block (per partition value): coalesce small blocks so a run writes files of
+        # up to ROWS_PER_FILE rows instead of one tiny file per source file or shuffle partition.
+        wanted = max(1, -(-rows // ROWS_PER_FILE))
+        if ds.num_blocks() > wanted:
+            ds = ds.repartition(wanted).materialize()
         ds.write_iceberg(
             spec.identifier,
             catalog_kwargs=self.ray_catalog_kwargs,
@@ -183,13 +190,3 @@ def _iceberg_schema(schema: pa.Schema) -> Schema:
     mapping = NameMapping([MappedField(field_id=i + 1, names=[f.name]) for i, f in enumerate(relaxed)])
     return pyarrow_to_schema(relaxed, name_mapping=mapping)
 
-
-def iter_in_chunks(values: Iterable[Any], size: int) -> Iterable[List[Any]]:
-    chunk: List[Any] = []
-    for value in values:
-        chunk.append(value)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
