@@ -59,6 +59,18 @@ def events_from_arrow(table: pa.Table) -> Tuple[pd.DataFrame, Dict[str, int]]:
     return pa.table(columns).to_pandas(), scales
 
 
+def _sort_codes(values: pd.Series) -> np.ndarray:
+    """Integers that sort like the values (nulls last)."""
+    if values.dtype.kind in "iub":
+        return values.to_numpy()
+    if values.dtype.kind == "M" or isinstance(values.dtype, pd.DatetimeTZDtype):
+        return values.array.asi8  # epoch integers in the column's unit; NaT sorts first
+    if values.dtype.kind == "f":
+        return np.nan_to_num(values.to_numpy(), nan=np.inf)
+    codes, _ = pd.factorize(values, sort=True, use_na_sentinel=True)
+    return np.where(codes < 0, np.iinfo(np.int64).max, codes)
+
+
 class _Grid:
     """Events of one batch of entities placed on an (entity x day) grid."""
 
@@ -75,7 +87,9 @@ class _Grid:
         sort_cols = [key, fs.timestamp_column] + sorted(
             {a.column for a in fs.aggregations if a.column} - {key, fs.timestamp_column}
         )
-        self.events = ev.sort_values(sort_cols, kind="mergesort").reset_index(drop=True)
+        # np.lexsort on sortable codes: several times faster than DataFrame.sort_values on a million rows
+        order = np.lexsort([_sort_codes(ev[c]) for c in reversed(sort_cols)])
+        self.events = ev.iloc[order].reset_index(drop=True)
         self.keys, entity_codes = np.unique(self.events[key].to_numpy(), return_inverse=True)
         self.E = len(self.keys)
         self.entity = entity_codes.astype(np.int64)
@@ -180,7 +194,13 @@ def _aggregate(grid: _Grid, agg: WindowAggregation, scale: int) -> Dict[int, np.
 def _typed(values, dtype: str) -> pd.Series:
     series = pd.Series(values)
     if dtype == "int64":
-        return series.astype("Int64") if series.dtype.kind in "iub" else series.round().astype("Int64")
+        if series.dtype.kind in "iub":
+            return series.astype("Int64")
+        if series.dtype.kind == "f":  # build the nullable array directly: astype("Int64") is slow
+            raw = series.to_numpy()
+            missing = np.isnan(raw)
+            return pd.Series(pd.arrays.IntegerArray(np.where(missing, 0, np.round(raw)).astype(np.int64), missing))
+        return series.astype("Int64")
     if dtype == "float64":
         return series.astype("float64")
     return series.astype("string")

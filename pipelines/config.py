@@ -69,9 +69,9 @@ class RayConfig:
     num_cpus: Optional[int] = 2
     object_store_memory_mb: Optional[int] = None
     gold_partitions: int = 8  # hash partitions of entities for the gold build
-    # Ray Data's shuffle for group-bys. The task-based sort shuffle starts in ~0.3 s; the actor-based
-    # hash shuffle ("hash_shuffle") pays seconds of actor start-up per group-by on a small machine.
-    shuffle_strategy: str = "sort_shuffle_pull_based"
+    # Ray Data's shuffle for group-bys: auto | sort_shuffle_pull_based | hash_shuffle (see ray_runtime)
+    shuffle_strategy: str = "auto"
+    hash_shuffle_from_rows: int = 2_000_000
 
 
 @dataclass

@@ -15,6 +15,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import ray
@@ -24,7 +25,7 @@ from ray.data.expressions import col
 from features.declarations import FeatureSet
 from features.engine import build_features, events_from_arrow, gold_arrow_schema, to_arrow
 from features.registry import feature_set
-from pipelines import digest, logs
+from pipelines import digest, logs, ray_runtime
 from pipelines.context import RunContext
 from pipelines.io.lake import TableSpec
 from validation.gold import contract as gold_contract
@@ -80,8 +81,13 @@ def _compute_group(group: pa.Table, fs_name: str, first: dt.date, last: dt.date,
 
 
 def _with_bucket(batch: pa.Table, key: str, partitions: int) -> pa.Table:
-    hashed = pd.util.hash_pandas_object(batch.column(key).to_pandas(), index=False).to_numpy() % partitions
-    return batch.append_column("_bucket", pa.array(hashed.astype("int64")))
+    """Hash partition of the entity key: the integer itself for integer keys, a stable hash otherwise."""
+    column = batch.column(key)
+    if pa.types.is_integer(column.type):
+        hashed = np.abs(column.to_numpy(zero_copy_only=False).astype(np.int64)) % partitions
+    else:
+        hashed = pd.util.hash_pandas_object(column.to_pandas(), index=False).to_numpy() % partitions
+    return batch.append_column("_bucket", pa.array(hashed.astype(np.int64)))
 
 
 def compute_on_ray(events: ray.data.Dataset, fs: FeatureSet, first: dt.date, last: dt.date,
@@ -140,6 +146,7 @@ def build(ctx: RunContext, fs: FeatureSet) -> GoldResult:
         ctx.read(entity_id)
         columns = [fs.entity.join_key] + sorted({a.column for a in fs.attributes})
         entities = ctx.lake.read_arrow(entity_id, columns=columns).to_pandas()
+    ray_runtime.choose_shuffle(ctx.cfg.ray, ctx.lake.row_count(silver_id))
     gold = compute_on_ray(events, fs, first, last, entities, ctx.cfg.ray.gold_partitions).materialize()
     result.rows_written = gold.count()
     replaces = (col(fs.as_of_column) >= _midnight(first)) & (col(fs.as_of_column) <= _midnight(last))

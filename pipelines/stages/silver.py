@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from pyiceberg.expressions import And, EqualTo, GreaterThanOrEqual, In, LessThan, NotIn
 from ray.data.expressions import col
 
-from pipelines import logs
+from pipelines import logs, ray_runtime
 from pipelines.config import SourceConfig
 from pipelines.context import RunContext
 from pipelines.io import sources
@@ -174,6 +174,7 @@ def refine_transactions(ctx: RunContext, source: SourceConfig, known_user_ids: L
             )
             existing = ctx.lake.read_arrow(silver.identifier, And(day_filter, NotIn("_run_id", pending)),
                                            ["tx_id"]).column("tx_id").combine_chunks()
+    ray_runtime.choose_shuffle(ctx.cfg.ray, n_valid)
     deduped = valid.groupby("_bucket", num_partitions=DEDUP_BUCKETS).map_groups(
         _first_occurrences, fn_kwargs={"existing": existing}, batch_format="pyarrow"
     ).materialize()
