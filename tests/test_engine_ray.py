@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import ray
 
 from features.engine import build_features, events_from_arrow, to_arrow
@@ -33,10 +35,12 @@ def random_events(n: int, seed: int) -> pa.Table:
     })
 
 
+@settings(max_examples=2, deadline=None, suppress_health_check=list(HealthCheck))
+@given(seed=st.integers(0, 10_000), n=st.integers(200, 3000))
 @pytest.mark.parametrize("name", ["user_spend_daily", "merchant_activity"])
-def test_ray_path_equals_pandas_path_for_any_block_count(ray_session, name):
+def test_ray_path_equals_pandas_path_for_any_block_count(ray_session, name, seed, n):
     fs = feature_set(name)
-    table = random_events(3000, seed=11)
+    table = random_events(n, seed=seed)
     users = pd.DataFrame({"user_id": np.arange(1, 60), "country": ["DE"] * 59,
                           "signup_ts": pd.Timestamp("2025-06-01T12:00Z")})
     entities = users if fs.attributes else None
@@ -52,4 +56,4 @@ def test_ray_path_equals_pandas_path_for_any_block_count(ray_session, name):
         got = got.cast(expected.schema).sort_by([(fs.entity.join_key, "ascending"), ("as_of", "ascending")])
         assert got.equals(expected), (blocks, partitions)
         digests.add(table_digest(got))
-    assert len(digests) == 1 and len(expected) > 500
+    assert len(digests) == 1 and len(expected) > 0
