@@ -7,6 +7,7 @@ import json
 import sys
 from typing import List, Optional
 
+from features.declarations import FeatureDeclarationError
 from pipelines.errors import PipelineError
 
 HELP = """\
@@ -56,17 +57,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
             print(json.dumps(run(cfg), default=str), flush=True)
         return 0
-    except PipelineError as exc:
+    except (PipelineError, FeatureDeclarationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except ValueError as exc:  # a misdeclared feature set is reported like a config error
-        from features.declarations import FeatureDeclarationError
-
-        if isinstance(exc, FeatureDeclarationError):
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        raise
-
 
 if __name__ == "__main__":
     sys.exit(main())

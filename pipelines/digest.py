@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Dict
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -14,8 +15,9 @@ MASK = (1 << 64) - 1
 def partial_digest(batch: pa.Table) -> Dict[str, list]:
     """Row count and sum (mod 2**64) of per-row hashes of one batch."""
     frame = batch.to_pandas()
-    hashes = pd.util.hash_pandas_object(frame, index=False).to_numpy() if len(frame) else []
-    return {"rows": [len(frame)], "hash_sum": [str(sum(int(h) for h in hashes) & MASK)]}
+    hashes = pd.util.hash_pandas_object(frame, index=False).to_numpy(np.uint64)
+    total = int(hashes.sum(dtype=np.uint64)) if len(hashes) else 0  # uint64 addition wraps mod 2**64
+    return {"rows": [len(frame)], "hash_sum": [str(total)]}
 
 
 def combine(partials: pd.DataFrame, schema: pa.Schema) -> str:

@@ -38,7 +38,7 @@ def test_rerun_without_new_data_writes_nothing_then_a_new_day_is_ingested_alone(
     second = json.loads(out.stdout.strip().splitlines()[-1])
     assert second["new_data"] is False and second["status"] == "succeeded"
     assert snapshots(first) == before  # not a single commit
-    assert '"no new data: nothing was written"' in out.stderr or "no new data" in out.stderr
+    assert '"event": "no new data: nothing was written"' in out.stderr
 
     # one new day of data plus an empty file: only the day is ingested, the empty file is named
     folder = Path(pipeline_run["cfg"].sample.output_dir) / "transactions"

@@ -104,7 +104,12 @@ def check_file(source_path: str, file: SourceFile, columns: List[str]) -> Option
                 names = pq.ParquetFile(handle).schema_arrow.names
         else:
             with fs.open_input_stream(file.path) as stream:
-                first = stream.read(64 * 1024).decode("utf-8", errors="replace").splitlines()
+                content = stream.read()
+            try:  # the parser in the Ray task would fail on it half-way through the ingest
+                text = content.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return f"not valid UTF-8 (byte {exc.start})"
+            first = text[: 64 * 1024].splitlines()
             if not first or not first[0].strip():
                 return "file has no header line"
             names = [n.strip() for n in first[0].split(",")]

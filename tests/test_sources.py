@@ -1,0 +1,36 @@
+"""Driver-side file checks: a file the Ray parser would choke on is rejected up front, with a reason."""
+
+from __future__ import annotations
+
+from pipelines.config import SourceConfig
+from pipelines.io.sources import check_file, list_files
+
+COLUMNS = ["tx_id", "amount"]
+
+
+def checked(tmp_path, name: str, content: bytes):
+    (tmp_path / name).write_bytes(content)
+    source = SourceConfig(kind="files", dataset="transactions", columns=COLUMNS, key="tx_id", path=str(tmp_path))
+    (file,) = [f for f in list_files("tx", source) if f.path.endswith(name)]
+    return check_file(str(tmp_path), file, COLUMNS)
+
+
+def test_good_csv_passes(tmp_path):
+    assert checked(tmp_path, "a.csv", b"tx_id,amount\nt1,1.00\n") is None
+
+
+def test_empty_file(tmp_path):
+    assert checked(tmp_path, "a.csv", b"") == "file is empty (0 bytes)"
+
+
+def test_invalid_utf8(tmp_path):
+    assert checked(tmp_path, "a.csv", b"tx_id,amount\nt1,\xff\xfe\n") == "not valid UTF-8 (byte 16)"
+
+
+def test_missing_column(tmp_path):
+    assert checked(tmp_path, "a.csv", b"tx_id,amt\nt1,1\n") == "missing column(s) ['amount'] (has ['tx_id', 'amt'])"
+
+
+def test_corrupt_parquet(tmp_path):
+    reason = checked(tmp_path, "a.parquet", b"PAR1 not really parquet")
+    assert reason.startswith("cannot read parquet file:")
