@@ -26,7 +26,9 @@ def start(cfg: RayConfig) -> None:
         ray.init(address=address, **kwargs)
     else:
         object_store = cfg.object_store_memory_mb * 1024 * 1024 if cfg.object_store_memory_mb else None
-        ray.init(num_cpus=cfg.num_cpus, object_store_memory=object_store, **kwargs)
+        # "local" always starts a fresh runtime: without it ray.init() silently joins any cluster that
+        # `ray start` left running on this machine (found through /tmp/ray/ray_current_cluster).
+        ray.init(address="local", num_cpus=cfg.num_cpus, object_store_memory=object_store, **kwargs)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = sys.stderr.isatty()
     context.print_on_execution_start = False
