@@ -82,6 +82,15 @@ class QualityConfig:
 
 
 @dataclass
+class SchemaPolicyConfig:
+    """What each layer does when arriving columns differ from its own (validation/schema_policy.py)."""
+
+    bronze: str = "evolve"
+    silver: str = "freeze"
+    gold: str = "freeze"
+
+
+@dataclass
 class FeaturesConfig:
     sets: List[str] = MISSING
 
@@ -111,6 +120,7 @@ class PipelineConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
+    schema_policy: SchemaPolicyConfig = field(default_factory=SchemaPolicyConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
@@ -202,6 +212,12 @@ def validate(cfg: PipelineConfig) -> None:
             raise ConfigError(f"config error: {where}.pii names unknown column(s) {missing_pii}")
         if source.key not in source.columns:
             raise ConfigError(f"config error: {where}.key={source.key!r} is not one of its columns")
+    from validation.schema_policy import validate_policies
+
+    policy_error = validate_policies({"bronze": cfg.schema_policy.bronze, "silver": cfg.schema_policy.silver,
+                                      "gold": cfg.schema_policy.gold})
+    if policy_error:
+        raise ConfigError(f"config error: {policy_error}")
     if cfg.online_store.type not in ("sqlite", "redis"):
         raise ConfigError(f"config error: online_store.type={cfg.online_store.type!r} must be sqlite or redis")
 

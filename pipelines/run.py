@@ -69,6 +69,8 @@ def run(cfg: PipelineConfig) -> Dict[str, Any]:
     ctx = RunContext(cfg, lake, run_id, started, code_version(), config_hash(cfg))
     with stage(ctx, "plan"):  # every source is checked before anything is written
         plans = {name: bronze.plan(ctx, name, source) for name, source in cfg.sources.items()}
+        for fs in sets:
+            gold.check_schema(ctx, fs)
     ray_runtime.start(cfg.ray)
 
     from serving import publish as publishing

@@ -1,4 +1,5 @@
-"""Driver-side file checks: a file the Ray parser would choke on is rejected up front, with a reason."""
+"""Driver-side file checks: a file the Ray parser would choke on is rejected up front, with a reason;
+a usable file reports its columns for the schema policies to judge."""
 
 from __future__ import annotations
 
@@ -12,25 +13,30 @@ def checked(tmp_path, name: str, content: bytes):
     (tmp_path / name).write_bytes(content)
     source = SourceConfig(kind="files", dataset="transactions", columns=COLUMNS, key="tx_id", path=str(tmp_path))
     (file,) = [f for f in list_files("tx", source) if f.path.endswith(name)]
-    return check_file(str(tmp_path), file, COLUMNS)
+    return check_file(str(tmp_path), file)
 
 
-def test_good_csv_passes(tmp_path):
-    assert checked(tmp_path, "a.csv", b"tx_id,amount\nt1,1.00\n") is None
+def test_good_csv_passes_with_its_columns(tmp_path):
+    assert checked(tmp_path, "a.csv", b"tx_id,amount\nt1,1.00\n") == (None, ["tx_id", "amount"])
 
 
 def test_empty_file(tmp_path):
-    assert checked(tmp_path, "a.csv", b"") == "file is empty (0 bytes)"
+    assert checked(tmp_path, "a.csv", b"") == ("file is empty (0 bytes)", [])
 
 
 def test_invalid_utf8(tmp_path):
-    assert checked(tmp_path, "a.csv", b"tx_id,amount\nt1,\xff\xfe\n") == "not valid UTF-8 (byte 16)"
+    assert checked(tmp_path, "a.csv", b"tx_id,amount\nt1,\xff\xfe\n") == ("not valid UTF-8 (byte 16)", [])
 
 
-def test_missing_column(tmp_path):
-    assert checked(tmp_path, "a.csv", b"tx_id,amt\nt1,1\n") == "missing column(s) ['amount'] (has ['tx_id', 'amt'])"
+def test_a_different_column_set_is_left_to_the_schema_policies(tmp_path):
+    assert checked(tmp_path, "a.csv", b"tx_id,amt\nt1,1\n") == (None, ["tx_id", "amt"])
+
+
+def test_duplicate_column_names(tmp_path):
+    reason, _ = checked(tmp_path, "a.csv", b"tx_id,amount,amount\nt1,1,2\n")
+    assert reason == "duplicate column name(s) ['amount']"
 
 
 def test_corrupt_parquet(tmp_path):
-    reason = checked(tmp_path, "a.parquet", b"PAR1 not really parquet")
+    reason, _ = checked(tmp_path, "a.parquet", b"PAR1 not really parquet")
     assert reason.startswith("cannot read parquet file:")

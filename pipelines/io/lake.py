@@ -21,6 +21,7 @@ from pyiceberg.expressions import AlwaysTrue, BooleanExpression
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
+from pyiceberg.table.snapshots import ancestors_of
 from pyiceberg.transforms import DayTransform
 from pyiceberg.io.pyarrow import pyarrow_to_schema
 from pyiceberg.table.name_mapping import MappedField, NameMapping
@@ -56,8 +57,9 @@ class Lake:
     def ray_catalog_kwargs(self) -> Dict[str, str]:
         return {"name": self.name, **self.properties}
 
-    def ensure(self, spec: TableSpec) -> Table:
-        """Create the table if it does not exist; refuse to write into one whose columns differ."""
+    def ensure(self, spec: TableSpec, evolve: bool = False) -> Table:
+        """Create the table if it does not exist; refuse to write into one whose columns differ, except
+        that with `evolve` the columns the spec adds at the end are added to the table (as nullable)."""
         namespace = spec.identifier.split(".")[0]
         self.catalog.create_namespace_if_not_exists(namespace)
         wanted = [f.name for f in spec.schema]
@@ -75,12 +77,24 @@ class Lake:
                 spec.identifier, schema=iceberg_schema, partition_spec=partition, properties=TABLE_PROPERTIES
             )
         have = [f.name for f in table.schema().fields]
+        if evolve and wanted[: len(have)] == have and len(wanted) > len(have):
+            with table.update_schema() as update:
+                for f in spec.schema:
+                    if f.name not in have:
+                        update.add_column(f.name, _iceberg_schema(pa.schema([f])).fields[0].field_type)
+            return self.table(spec.identifier)
         if have != wanted:
             raise PipelineError(
                 f"table {spec.identifier} has columns {have}, this code writes {wanted}: "
                 "the schema is frozen for this layer (migrate or drop the table first)"
             )
         return table
+
+    def columns(self, identifier: str) -> List[str]:
+        """The table's column names ([] when it does not exist)."""
+        if not self.exists(identifier):
+            return []
+        return [f.name for f in self.table(identifier).schema().fields]
 
     def table(self, identifier: str) -> Table:
         return self.catalog.load_table(identifier)
@@ -169,11 +183,16 @@ class Lake:
         return int(snapshot.summary.additional_properties.get("total-records", 0))
 
     def snapshot_properties(self, identifier: str) -> List[Dict[str, str]]:
-        """Summaries of every snapshot of the table, oldest first."""
+        """Summaries of the snapshots in the current snapshot's history, oldest first. Snapshots that a
+        rollback (a failed quality gate) took out of the history do not count."""
         if not self.exists(identifier):
             return []
         table = self.table(identifier)
-        return [dict(s.summary.additional_properties) for s in table.snapshots() if s.summary is not None]
+        current = table.current_snapshot()
+        if current is None:
+            return []
+        history = list(ancestors_of(current, table.metadata))[::-1]
+        return [dict(s.summary.additional_properties) for s in history if s.summary is not None]
 
     def recorded(self, identifier: str, key: str) -> List[Any]:
         """Union of the JSON lists recorded under `key` in the table's snapshot properties."""

@@ -13,7 +13,7 @@ import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 import pyarrow as pa
@@ -39,8 +39,15 @@ METADATA_FIELDS = [
 EXTENSIONS = {"csv": (".csv",), "parquet": (".parquet", ".parq")}
 
 
-def bronze_schema(source: SourceConfig) -> pa.Schema:
-    return pa.schema([pa.field(c, pa.string()) for c in source.columns] + METADATA_FIELDS)
+def bronze_schema(source: SourceConfig, extras: Sequence[str] = ()) -> pa.Schema:
+    """The declared columns as text, the ingest metadata, then any columns bronze evolved to hold."""
+    return pa.schema([pa.field(c, pa.string()) for c in source.columns] + METADATA_FIELDS
+                     + [pa.field(c, pa.string()) for c in extras])
+
+
+def data_columns(schema: pa.Schema) -> List[str]:
+    metadata = {f.name for f in METADATA_FIELDS}
+    return [n for n in schema.names if n not in metadata and n != "_failed_rules"]
 
 
 @dataclass(frozen=True)
@@ -93,10 +100,11 @@ def _sha256(fs: pafs.FileSystem, path: str) -> str:
     return digest.hexdigest()
 
 
-def check_file(source_path: str, file: SourceFile, columns: List[str]) -> Optional[str]:
-    """Why a file cannot be ingested at all (None when it can): cheap checks on the driver."""
+def check_file(source_path: str, file: SourceFile) -> Tuple[Optional[str], List[str]]:
+    """(why the file cannot be ingested at all or None, its column names): cheap checks on the driver.
+    A column set that differs from the declared one is not a reason here: the schema policies decide."""
     if file.size == 0:
-        return "file is empty (0 bytes)"
+        return "file is empty (0 bytes)", []
     fs, _ = _filesystem(source_path)
     try:
         if file.format == "parquet":
@@ -108,17 +116,17 @@ def check_file(source_path: str, file: SourceFile, columns: List[str]) -> Option
             try:  # the parser in the Ray task would fail on it half-way through the ingest
                 text = content.decode("utf-8")
             except UnicodeDecodeError as exc:
-                return f"not valid UTF-8 (byte {exc.start})"
+                return f"not valid UTF-8 (byte {exc.start})", []
             first = text[: 64 * 1024].splitlines()
             if not first or not first[0].strip():
-                return "file has no header line"
+                return "file has no header line", []
             names = [n.strip() for n in first[0].split(",")]
     except Exception as exc:  # any parse failure of the footer/header means the file is unusable
-        return f"cannot read {file.format} file: {str(exc).splitlines()[0]}"
-    missing = [c for c in columns if c not in names]
-    if missing:
-        return f"missing column(s) {missing} (has {names})"
-    return None
+        return f"cannot read {file.format} file: {str(exc).splitlines()[0]}", []
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        return f"duplicate column name(s) {duplicated}", names
+    return None, names
 
 
 def row_hashes(frame: pd.DataFrame, columns: List[str]) -> pd.Series:
@@ -135,7 +143,8 @@ def _as_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
     return column.cast(pa.string())
 
 
-def _parse_csv(data: bytes, columns: List[str]) -> pa.Table:
+def _parse_csv(data: bytes, names: List[str]) -> pa.Table:
+    """Every column of the file as text; lines that do not parse are kept whole in `_malformed_line`."""
     malformed: List[str] = []
 
     def keep_bad_line(row) -> str:
@@ -147,41 +156,47 @@ def _parse_csv(data: bytes, columns: List[str]) -> pa.Table:
         read_options=pacsv.ReadOptions(use_threads=False),
         parse_options=pacsv.ParseOptions(invalid_row_handler=keep_bad_line),
         convert_options=pacsv.ConvertOptions(
-            column_types={c: pa.string() for c in columns},
-            include_columns=columns,
+            column_types={c: pa.string() for c in names},
             strings_can_be_null=False,
             quoted_strings_can_be_null=False,
         ),
     )
+    bad = pa.table({c: pa.nulls(len(malformed), pa.string()) for c in table.column_names})
     good = table.append_column("_malformed_line", pa.nulls(table.num_rows, pa.string()))
-    bad = pa.table({**{c: pa.nulls(len(malformed), pa.string()) for c in columns},
-                    "_malformed_line": pa.array(malformed, pa.string())})
+    bad = bad.append_column("_malformed_line", pa.array(malformed, pa.string()))
     return pa.concat_tables([good, bad])
 
 
-def _read_file_block(batch: Dict[str, list], columns: List[str], source: str, run_id: str, ingested_at: dt.datetime,
-                     schema: pa.Schema) -> pa.Table:
-    """Ray task body: one file in, its bronze rows out."""
+def _read_file_block(batch: Dict[str, list], declared: List[str], expected: List[str], policy: str, source: str,
+                     run_id: str, ingested_at: dt.datetime, schema: pa.Schema) -> pa.Table:
+    """Ray task body: one file in, its bronze rows out (shaped by the bronze schema policy)."""
+    from validation.schema_policy import conform
+
     tables = []
-    for path, uri, fmt, sha, root in zip(batch["path"], batch["uri"], batch["format"], batch["sha256"], batch["root"]):
+    for path, uri, fmt, sha, root, names in zip(batch["path"], batch["uri"], batch["format"], batch["sha256"],
+                                                batch["root"], batch["columns"]):
         fs, _ = _filesystem(root)
         if fmt == "csv":
             with fs.open_input_stream(path) as stream:
-                table = _parse_csv(stream.read(), columns)
+                table = _parse_csv(stream.read(), list(names))
         else:
             with fs.open_input_file(path) as handle:
-                raw = pq.read_table(handle, columns=columns)
-            table = pa.table({c: _as_text(raw.column(c)) for c in columns})
+                raw = pq.read_table(handle)
+            table = pa.table({c: _as_text(raw.column(c)) for c in raw.column_names})
             table = table.append_column("_malformed_line", pa.nulls(table.num_rows, pa.string()))
-        tables.append(with_metadata(table, columns, source, uri, sha, run_id, ingested_at, schema))
+        data = conform(table.drop_columns(["_malformed_line"]), expected, policy)
+        data = data.append_column("_malformed_line", table.column("_malformed_line"))
+        tables.append(with_metadata(data, declared, source, uri, sha, run_id, ingested_at, schema))
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
 def with_metadata(table: pa.Table, columns: List[str], source: str, source_file: str, sha256: str, run_id: str,
                   ingested_at: dt.datetime, schema: pa.Schema) -> pa.Table:
+    """Bronze rows in `schema`'s column order. The row hash covers the declared `columns` and the
+    malformed line, so evolving a table does not change the hash of rows that were already there."""
     n = table.num_rows
     hashes = row_hashes(table.select(columns + ["_malformed_line"]).to_pandas(), columns + ["_malformed_line"])
-    extra = {
+    metadata = {
         "_source": pa.array([source] * n, pa.string()),
         "_source_file": pa.array([source_file] * n, pa.string()),
         "_source_file_sha256": pa.array([sha256] * n, pa.string()),
@@ -189,20 +204,24 @@ def with_metadata(table: pa.Table, columns: List[str], source: str, source_file:
         "_run_id": pa.array([run_id] * n, pa.string()),
         "_row_hash": pa.array(hashes.to_numpy(), pa.string()),
     }
-    return pa.table({**{c: table.column(c) for c in columns + ["_malformed_line"]}, **extra}, schema=schema)
+    return pa.table({f.name: metadata[f.name] if f.name in metadata
+                     else table.column(f.name) if f.name in table.column_names
+                     else pa.nulls(n, f.type) for f in schema}, schema=schema)
 
 
-def read_files(name: str, source: SourceConfig, files: List[SourceFile], run_id: str,
+def read_files(name: str, source: SourceConfig, files: List[SourceFile], columns_by_file: Dict[str, List[str]],
+               expected: List[str], policy: str, schema: pa.Schema, run_id: str,
                ingested_at: dt.datetime) -> ray.data.Dataset:
-    """One Ray task per file; the dataset's rows are bronze rows."""
-    items = [{"path": f.path, "uri": f.uri, "format": f.format, "sha256": f.sha256, "root": source.path}
-             for f in files]
+    """One Ray task per file; the dataset's rows are bronze rows. `expected` are the table's data columns
+    (declared plus evolved) and `policy` the bronze schema policy for columns beyond them."""
+    items = [{"path": f.path, "uri": f.uri, "format": f.format, "sha256": f.sha256, "root": source.path,
+              "columns": columns_by_file[f.uri]} for f in files]
     return ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
         _read_file_block,
         batch_size=1,
         batch_format="numpy",
-        fn_kwargs={"columns": list(source.columns), "source": name, "run_id": run_id,
-                   "ingested_at": ingested_at, "schema": bronze_schema(source)},
+        fn_kwargs={"declared": list(source.columns), "expected": expected, "policy": policy, "source": name, "run_id": run_id,
+                   "ingested_at": ingested_at, "schema": schema},
     )
 
 

@@ -8,8 +8,8 @@ content hash. Each bronze commit records the units it ingested in its snapshot p
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import List
+from dataclasses import dataclass, field
+from typing import Dict, List, Sequence
 
 
 from pipelines import logs
@@ -17,6 +17,7 @@ from pipelines.config import SourceConfig
 from pipelines.context import RunContext
 from pipelines.io import sources
 from pipelines.io.lake import TableSpec
+from validation import schema_policy
 
 INGESTED_UNITS = "ingested_units"
 
@@ -27,8 +28,13 @@ class BronzeResult:
     units: List[str]
 
 
-def table_spec(source: SourceConfig) -> TableSpec:
-    return TableSpec(f"bronze.{source.dataset}", sources.bronze_schema(source))
+def table_spec(source: SourceConfig, lake=None, extras: Sequence[str] = ()) -> TableSpec:
+    """bronze.<dataset>: the declared columns, metadata, and the columns it evolved to hold (read from
+    the table when `lake` is given) plus `extras` about to be added."""
+    base = sources.bronze_schema(source)
+    held = [c for c in lake.columns(f"bronze.{source.dataset}") if c not in base.names] if lake else []
+    return TableSpec(f"bronze.{source.dataset}", sources.bronze_schema(source, held + [c for c in extras
+                                                                                         if c not in held]))
 
 
 def _already_ingested(ctx: RunContext, spec: TableSpec) -> set:
@@ -43,11 +49,14 @@ class FilePlan:
     source: SourceConfig
     new_files: List[sources.SourceFile]
     found: int
+    columns_by_file: Dict[str, List[str]] = field(default_factory=dict)  # uri -> the file's columns
+    new_columns: List[str] = field(default_factory=list)  # columns bronze evolves to hold in this run
 
 
 def plan(ctx: RunContext, name: str, source: SourceConfig):
-    """Check a source can be read and decide what is new: raises a one-line SourceError before any write."""
-    spec = table_spec(source)
+    """Check a source can be read, decide what is new, and apply the schema policies of bronze and silver
+    to the new files' columns: raises a one-line error before any write."""
+    spec = table_spec(source, ctx.lake)
     if source.kind != "files":
         sources.probe_query(name, source)
         return None
@@ -55,34 +64,69 @@ def plan(ctx: RunContext, name: str, source: SourceConfig):
     files = sources.list_files(name, source)
     seen = _already_ingested(ctx, spec) if ctx.lake.exists(spec.identifier) else set()
     new = [f for f in files if (f.uri, f.sha256) not in seen]
-    good = []
+    good, columns_by_file = [], {}
     for file in new:
-        reason = sources.check_file(source.path or "", file, list(source.columns))
+        reason, names = sources.check_file(source.path or "", file)
         if reason:
             ctx.rejected_files.append({"source": name, "file": file.uri, "reason": reason})
             log.error("file rejected", source=name, file=file.uri, reason=reason)
         else:
             good.append(file)
+            columns_by_file[file.uri] = names
+    new_columns = _check_schema_policies(ctx, source, spec, columns_by_file)
     log.info("files listed", source=name, found=len(files), already_ingested=len(files) - len(new), new=len(good))
-    return FilePlan(name, source, good, len(files))
+    return FilePlan(name, source, good, len(files), columns_by_file, new_columns)
+
+
+def _check_schema_policies(ctx: RunContext, source: SourceConfig, spec: TableSpec,
+                           columns_by_file: Dict[str, List[str]]) -> List[str]:
+    """Stop on a change a frozen layer would receive; return the columns bronze evolves to hold."""
+    policy = ctx.cfg.schema_policy
+    bronze_columns = sources.data_columns(spec.schema)
+    silver_columns = list(source.columns) + silver_extras(ctx, source)
+    new_columns: List[str] = []
+    for uri, names in columns_by_file.items():
+        change = schema_policy.compare(names, bronze_columns)
+        schema_policy.check_frozen("bronze", spec.identifier, policy.bronze, f"file {uri}", change)
+        reaching_silver = names if policy.bronze == "evolve" else [c for c in names if c in bronze_columns]
+        schema_policy.check_frozen("silver", f"silver.{source.dataset}", policy.silver, f"file {uri}",
+                                   schema_policy.compare(reaching_silver, silver_columns))
+        if policy.bronze == "evolve":
+            new_columns += [c for c in change.new if c not in new_columns]
+        if change:
+            logs.get().warning("schema change", file=uri, change=change.describe(), bronze_policy=policy.bronze,
+                               silver_policy=policy.silver)
+    return new_columns
+
+
+def silver_extras(ctx: RunContext, source: SourceConfig) -> List[str]:
+    """Columns beyond the contract that silver.<dataset> evolved to carry."""
+    from validation.transactions import SILVER_SCHEMA
+
+    return [c for c in ctx.lake.columns(f"silver.{source.dataset}") if c not in SILVER_SCHEMA.names]
 
 
 def ingest(ctx: RunContext, name: str, source: SourceConfig, file_plan: "FilePlan | None") -> BronzeResult:
+    if source.kind == "files":
+        return _ingest_files(ctx, file_plan)  # type: ignore[arg-type]
     spec = table_spec(source)
     ctx.lake.ensure(spec)
-    if source.kind == "files":
-        return _ingest_files(ctx, file_plan, spec)  # type: ignore[arg-type]
     return _ingest_query(ctx, name, source, spec)
 
 
-def _ingest_files(ctx: RunContext, file_plan: FilePlan, spec: TableSpec) -> BronzeResult:
+def _ingest_files(ctx: RunContext, file_plan: FilePlan) -> BronzeResult:
     log = logs.get()
     good, name, source = file_plan.new_files, file_plan.name, file_plan.source
+    spec = table_spec(source, ctx.lake, file_plan.new_columns)
+    ctx.lake.ensure(spec, evolve=True)
     if not good:
         return BronzeResult(0, [])
-    ds = sources.read_files(name, source, good, ctx.run_id, ctx.started_at).materialize()
+    if file_plan.new_columns:
+        log.warning("bronze evolved", table=spec.identifier, added_columns=file_plan.new_columns)
+    ds = sources.read_files(name, source, good, file_plan.columns_by_file, sources.data_columns(spec.schema),
+                            ctx.cfg.schema_policy.bronze, spec.schema, ctx.run_id, ctx.started_at).materialize()
     rows = ds.count()
-    units = [{"uri": f.uri, "sha256": f.sha256} for f in good]
+    units = [{"uri": f.uri, "sha256": f.sha256, "columns": file_plan.columns_by_file[f.uri]} for f in good]
     snapshot = ctx.lake.write(ds, spec, ctx.commit_properties(**{INGESTED_UNITS: units, "source": name}))
     ctx.wrote(spec.identifier, snapshot)
     log.info("bronze written", source=name, table=spec.identifier, rows=rows, files=len(good))

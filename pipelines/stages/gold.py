@@ -28,6 +28,7 @@ from features.registry import feature_set
 from pipelines import digest, logs, ray_runtime
 from pipelines.context import RunContext
 from pipelines.io.lake import TableSpec
+from validation import schema_policy
 from validation.gold import contract as gold_contract
 
 DAY = dt.timedelta(days=1)
@@ -100,6 +101,19 @@ def compute_on_ray(events: ray.data.Dataset, fs: FeatureSet, first: dt.date, las
         .map_groups(_compute_group, fn_kwargs={"fs_name": fs.name, "first": first, "last": last,
                                                "entities": entities}, batch_format="pyarrow")
     )
+
+
+def check_schema(ctx: RunContext, fs: FeatureSet) -> None:
+    """Before any write: a declaration whose gold columns differ from the table's is a schema change.
+    freeze stops the run naming the columns; evolve lets `build` rebuild the table."""
+    spec = table_spec(fs)
+    have = ctx.lake.columns(spec.identifier)
+    if have and have != spec.schema.names:
+        change = schema_policy.compare(spec.schema.names, have)
+        where = f"feature set {fs.name!r}" + ("" if change else " (same columns, new order or types)")
+        if not change:
+            change = schema_policy.ColumnChange(new=tuple(spec.schema.names))
+        schema_policy.check_frozen("gold", spec.identifier, ctx.cfg.schema_policy.gold, where, change)
 
 
 def build(ctx: RunContext, fs: FeatureSet) -> GoldResult:

@@ -11,6 +11,7 @@ it consumed (`bronze_runs`); later runs only refine bronze runs not yet recorded
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 from typing import Dict, List
 
@@ -27,8 +28,9 @@ from pipelines.context import RunContext
 from pipelines.io import sources
 from pipelines.io.lake import TableSpec
 from pipelines.pii import tokenize
-from pipelines.stages.bronze import pending_runs, table_spec as bronze_spec
+from pipelines.stages.bronze import INGESTED_UNITS, pending_runs, silver_extras, table_spec as bronze_spec
 from validation import transactions as tx_contract
+from validation import schema_policy
 from validation import users as users_contract
 
 DEDUP_BUCKETS = 16
@@ -49,13 +51,16 @@ class SilverResult:
                 f"{dataset}.quarantined": self.quarantined, f"{dataset}.duplicates_dropped": self.duplicates}
 
 
-def quarantine_spec(source: SourceConfig) -> TableSpec:
-    schema = sources.bronze_schema(source).append(pa.field("_failed_rules", pa.string()))
+def quarantine_spec(source: SourceConfig, bronze: TableSpec | None = None) -> TableSpec:
+    """Bronze's columns (as bronze holds them now) plus the reasons."""
+    schema = (bronze.schema if bronze else sources.bronze_schema(source)).append(pa.field("_failed_rules", pa.string()))
     return TableSpec(f"quarantine.{source.dataset}", schema)
 
 
-def silver_transactions_spec() -> TableSpec:
-    return TableSpec("silver.transactions", tx_contract.SILVER_SCHEMA, day_partition="ts")
+def silver_transactions_spec(extras: List[str] = ()) -> TableSpec:
+    """The contract's columns plus the source columns silver evolved to carry (as text)."""
+    schema = pa.schema(list(tx_contract.SILVER_SCHEMA) + [pa.field(c, pa.string()) for c in extras])
+    return TableSpec("silver.transactions", schema, day_partition="ts")
 
 
 def silver_users_spec() -> TableSpec:
@@ -105,9 +110,18 @@ def refine_users(ctx: RunContext, source: SourceConfig, pii_key: bytes) -> Silve
 
 
 # --- transactions: the large fact table, refined on Ray ---------------------------------------------
-def _annotate(batch: pd.DataFrame, rules: tx_contract.TransactionRules, schema: pa.Schema) -> pa.Table:
-    """Bronze rows plus `_failed_rules`, typed explicitly: an all-valid batch must still yield strings."""
+def _annotate(batch: pd.DataFrame, rules: tx_contract.TransactionRules, schema: pa.Schema,
+              discard_rows: Dict[str, object] | None = None) -> pa.Table:
+    """Bronze rows plus `_failed_rules`, typed explicitly: an all-valid batch must still yield strings.
+    With `discard_rows` (the discard_row schema policy) rows with a value in a new column or from a file
+    lacking a declared column fail for that reason too."""
     _, failures = tx_contract.check_transactions(batch, rules)
+    if discard_rows:
+        new = list(discard_rows["new"])  # type: ignore[arg-type]
+        reasons = schema_policy.row_reasons({c: batch[c].to_numpy() for c in new}, new,
+                                            batch["_source_file"].to_numpy(), discard_rows["missing_by_file"])  # type: ignore[arg-type]
+        combined = [r if pd.isna(f) else f if r is None else f"{r};{f}" for r, f in zip(reasons, failures.to_numpy())]
+        failures = pd.Series(combined, index=failures.index, dtype="object")
     table = pa.Table.from_pandas(batch.reset_index(drop=True)[schema.names[:-1]], schema=pa.schema(list(schema)[:-1]),
                                  preserve_index=False)
     return table.append_column(schema.field("_failed_rules"), pa.array(failures.to_numpy(), pa.string(), from_pandas=True))
@@ -118,10 +132,12 @@ def _quarantined(batch: pd.DataFrame, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pandas(bad[schema.names], schema=schema, preserve_index=False)
 
 
-def _valid(batch: pd.DataFrame) -> pa.Table:
+def _valid(batch: pd.DataFrame, extras: List[str]) -> pa.Table:
     good = batch.loc[batch["_failed_rules"].isna()].reset_index(drop=True)
     typed = tx_contract.parse(good)
     table = tx_contract.to_silver_arrow(typed, good)
+    for column in extras:  # columns silver evolved to carry, as the text bronze holds
+        table = table.append_column(pa.field(column, pa.string()), pa.array(good[column], pa.string(), from_pandas=True))
     bucket = pd.util.hash_pandas_object(good["tx_id"], index=False).to_numpy() % DEDUP_BUCKETS
     return table.append_column("_bucket", pa.array(bucket.astype(np.int64)))
 
@@ -137,12 +153,25 @@ def _first_occurrences(group: pa.Table, existing: pa.Array) -> pa.Table:
 
 def refine_transactions(ctx: RunContext, source: SourceConfig, known_user_ids: List[int]) -> SilverResult:
     log = logs.get()
-    bronze, silver, quarantine = bronze_spec(source), silver_transactions_spec(), quarantine_spec(source)
-    pending = pending_runs(ctx, bronze.identifier, silver.identifier)
+    bronze = bronze_spec(source, ctx.lake)
+    quarantine = quarantine_spec(source, bronze)
+    held = silver_extras(ctx, source)
+    pending = pending_runs(ctx, bronze.identifier, "silver.transactions")
     if not pending:
-        log.info("no new bronze rows", table=silver.identifier)
+        log.info("no new bronze rows", table="silver.transactions")
         return SilverResult()
     ctx.read(bronze.identifier)
+    # Schema policy for what bronze holds beyond silver's columns (freeze was enforced when planning).
+    policy = ctx.cfg.schema_policy.silver
+    new = [c for c in sources.data_columns(bronze.schema) if c not in list(source.columns) + held]
+    extras = held + new if policy == "evolve" else held
+    silver = silver_transactions_spec(extras)
+    discard_rows = None
+    if policy == "discard_row":
+        units = [u for p in ctx.lake.snapshot_properties(bronze.identifier) if p.get("run_id") in pending
+                 for u in json.loads(p.get(INGESTED_UNITS, "[]"))]
+        missing = {u["uri"]: [c for c in source.columns if c not in u["columns"]] for u in units if "columns" in u}
+        discard_rows = {"new": new, "missing_by_file": missing}
     rules = tx_contract.TransactionRules(
         known_user_ids=known_user_ids,
         currencies=list(ctx.cfg.quality.currencies),
@@ -153,13 +182,14 @@ def refine_transactions(ctx: RunContext, source: SourceConfig, known_user_ids: L
     checked = (
         ctx.lake.read_ray(bronze.identifier, In("_run_id", pending))
         # large batches: pandera's fixed cost per validate() call (~0.3 s) dominates small blocks
-        .map_batches(_annotate, fn_kwargs={"rules": rules, "schema": quarantine.schema}, batch_format="pandas",
+        .map_batches(_annotate, fn_kwargs={"rules": rules, "schema": quarantine.schema, "discard_rows": discard_rows},
+                     batch_format="pandas",
                      batch_size=VALIDATION_BATCH_ROWS)
         .materialize()
     )
     rows_in = checked.count()
     bad = checked.map_batches(_quarantined, fn_kwargs={"schema": quarantine.schema}, batch_format="pandas")
-    valid = checked.map_batches(_valid, batch_format="pandas").materialize()
+    valid = checked.map_batches(_valid, fn_kwargs={"extras": extras}, batch_format="pandas").materialize()
     n_valid = valid.count()
     first_day = last_day = None
     existing = pa.array([], pa.string())
@@ -180,6 +210,8 @@ def refine_transactions(ctx: RunContext, source: SourceConfig, known_user_ids: L
     ).materialize()
     n_silver = deduped.count()
     replaces = col("_run_id").is_in(pending)
+    ctx.lake.ensure(quarantine, evolve=True)
+    ctx.lake.ensure(silver, evolve=True)
     q_snapshot = ctx.lake.write(bad, quarantine, ctx.commit_properties(), overwrite_filter=replaces)
     ctx.wrote(quarantine.identifier, q_snapshot)
     s_snapshot = ctx.lake.write(deduped, silver, ctx.commit_properties(bronze_runs=pending), overwrite_filter=replaces)
