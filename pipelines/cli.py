@@ -59,7 +59,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     except (PipelineError, FeatureDeclarationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)  # 3: a quality gate stopped the run; 2: anything else
 
 if __name__ == "__main__":
     sys.exit(main())

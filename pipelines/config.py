@@ -75,10 +75,69 @@ class RayConfig:
 
 
 @dataclass
+class CompletenessConfig:
+    """Share of non-empty values of each declared column among the rows a run refines."""
+
+    threshold: float = 0.95
+    columns: Dict[str, Dict[str, float]] = field(default_factory=dict)  # dataset -> column -> own threshold
+    severity: str = "fail"
+
+
+@dataclass
+class RangeConfig:
+    """Values of a silver column outside [min, max]: at most `max_outside_fraction` of a run's rows."""
+
+    min: Optional[float] = None
+    max: Optional[float] = None
+    max_outside_fraction: float = 0.01
+    severity: str = "fail"
+
+
+@dataclass
+class RowCountConfig:
+    """Rows per ingested file against the median of the last `history_runs` passing runs."""
+
+    history_runs: int = 5
+    band: float = 0.3  # allowed relative deviation from that median
+    severity: str = "fail"
+
+
+@dataclass
+class DriftConfig:
+    """Population stability index of each gold feature, previous snapshot against this run's."""
+
+    threshold: float = 0.25
+    bins: int = 10
+    min_rows_per_bin: int = 25  # fewer bins for few entities: PSI on a handful of values per bin is noise
+    severity: str = "fail"
+
+
+@dataclass
+class FreshnessConfig:
+    """Latest event time of a dataset against the run's cutoff."""
+
+    column: str = "ts"
+    max_age_hours: float = 48.0
+    severity: str = "warn"
+
+
+@dataclass
+class AlertsConfig:
+    file: Optional[str] = None  # JSON lines, one per failed check
+    webhook_url: Optional[str] = None  # POSTed one JSON document per failed run
+
+
+@dataclass
 class QualityConfig:
     currencies: List[str] = MISSING
     channels: List[str] = MISSING
     max_amount: float = 1_000_000.0
+    completeness: CompletenessConfig = field(default_factory=CompletenessConfig)
+    ranges: Dict[str, Dict[str, RangeConfig]] = field(default_factory=dict)  # dataset -> column -> range
+    row_count: RowCountConfig = field(default_factory=RowCountConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
+    freshness: Dict[str, FreshnessConfig] = field(default_factory=dict)  # dataset -> SLA
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
 
 @dataclass
@@ -181,6 +240,12 @@ def load_config(overrides: List[str] | None = None) -> PipelineConfig:
         OmegaConf.resolve(composed)
         typed = OmegaConf.merge(OmegaConf.structured(PipelineConfig), composed)
         cfg: PipelineConfig = OmegaConf.to_object(typed)  # type: ignore[assignment]
+        # OmegaConf types one level of Dict[str, dataclass] only: type the per-column ranges here.
+        cfg.quality.ranges = {
+            dataset: {column: OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RangeConfig), value))
+                      for column, value in columns.items()}
+            for dataset, columns in cfg.quality.ranges.items()
+        }
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise ConfigError(f"config error: {_one_line(exc)}") from None
     validate(cfg)
@@ -212,6 +277,24 @@ def validate(cfg: PipelineConfig) -> None:
             raise ConfigError(f"config error: {where}.pii names unknown column(s) {missing_pii}")
         if source.key not in source.columns:
             raise ConfigError(f"config error: {where}.key={source.key!r} is not one of its columns")
+    q = cfg.quality
+    severities = {"quality.completeness": q.completeness.severity, "quality.row_count": q.row_count.severity,
+                  "quality.drift": q.drift.severity,
+                  **{f"quality.ranges.{d}.{c}": v.severity for d, cols in q.ranges.items() for c, v in cols.items()},
+                  **{f"quality.freshness.{k}": v.severity for k, v in q.freshness.items()}}
+    for where, severity in severities.items():
+        if severity not in ("warn", "fail"):
+            raise ConfigError(f"config error: {where}.severity={severity!r} must be warn or fail")
+    datasets = {source.dataset: source for source in cfg.sources.values()}
+    for group, named in (("ranges", q.ranges), ("completeness.columns", q.completeness.columns)):
+        for dataset, columns in named.items():
+            for column in columns:
+                if dataset not in datasets or column not in datasets[dataset].columns:
+                    raise ConfigError(f"config error: quality.{group}.{dataset}.{column} names no declared "
+                                      "column of a configured dataset")
+    for dataset in q.freshness:
+        if dataset not in datasets:
+            raise ConfigError(f"config error: quality.freshness.{dataset} names no configured dataset")
     from validation.schema_policy import validate_policies
 
     policy_error = validate_policies({"bronze": cfg.schema_policy.bronze, "silver": cfg.schema_policy.silver,

@@ -20,6 +20,7 @@ from pipelines.context import RunContext, code_version, config_hash, new_run_id
 from pipelines.errors import ConfigError
 from pipelines.io.lake import Lake
 from pipelines.pii import load_key
+from pipelines.quality import gate as quality_gate
 from pipelines.stages import bronze, gold, silver
 from validation import transactions as tx_contract
 from validation import users as users_contract
@@ -71,6 +72,8 @@ def run(cfg: PipelineConfig) -> Dict[str, Any]:
         plans = {name: bronze.plan(ctx, name, source) for name, source in cfg.sources.items()}
         for fs in sets:
             gold.check_schema(ctx, fs)
+    # The gate rolls these back to where they were if the run's data fails a blocking check.
+    before = {identifier: lake.current_snapshot_id(identifier) for identifier in _run_tables(cfg, sets)}
     ray_runtime.start(cfg.ray)
 
     from serving import publish as publishing
@@ -102,6 +105,12 @@ def run(cfg: PipelineConfig) -> Dict[str, Any]:
                 ctx.counts[f"{fs.name}.gold_rows_written"] = built[fs.name].rows_written
                 ctx.digests[f"gold.{fs.name}"] = gold.content_digest(ctx, f"gold.{fs.name}") \
                     if lake.exists(f"gold.{fs.name}") else ""
+        gate_result = None
+        refined_now = [quality_gate.Refined(d, list(_source_of(cfg, d).columns), r.bronze_runs)
+                       for d, r in refined.items() if r.bronze_runs]
+        if refined_now:  # nothing new refined, nothing to judge (and no write to the check history)
+            with stage(ctx, "quality"):
+                gate_result = quality_gate.run_gate(ctx, refined_now, built, sets, before)
         with stage(ctx, "publish"):
             store = publishing.open_store(cfg)
             publishing.apply(store, sets, cfg)
@@ -147,7 +156,22 @@ def run(cfg: PipelineConfig) -> Dict[str, Any]:
         "mlflow": {"tracking_uri": cfg.tracking.tracking_uri, "run_id": mlflow_run_id},
         "feast_repo": str(publishing.repo_path(cfg)),
         "seconds": ctx.durations,
+        "quality": None if gate_result is None else {
+            "passed": gate_result.passed, "report": str(gate_result.report_path), "alerts": gate_result.alerts,
+            "failed_checks": [c.summary() for c in gate_result.checks if not c.passed]},
     }
+
+
+def _source_of(cfg: PipelineConfig, dataset: str):
+    return next(s for s in cfg.sources.values() if s.dataset == dataset)
+
+
+def _run_tables(cfg: PipelineConfig, sets: List[FeatureSet]) -> List[str]:
+    """Every table a run writes: what a failed quality gate puts back."""
+    out = []
+    for source in cfg.sources.values():
+        out += [f"bronze.{source.dataset}", f"silver.{source.dataset}", f"quarantine.{source.dataset}"]
+    return out + [f"gold.{fs.name}" for fs in sets]
 
 
 def _tables(ctx: RunContext, cfg: PipelineConfig, sets: List[FeatureSet]) -> Dict[str, Dict[str, Any]]:

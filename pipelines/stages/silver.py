@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List
 
 import numpy as np
@@ -45,6 +45,7 @@ class SilverResult:
     duplicates: int = 0
     first_day: dt.date | None = None  # event days touched by new silver rows
     last_day: dt.date | None = None
+    bronze_runs: List[str] = field(default_factory=list)  # the bronze runs refined
 
     def as_counts(self, dataset: str) -> Dict[str, int]:
         return {f"{dataset}.bronze_rows_refined": self.rows_in, f"{dataset}.silver_rows_added": self.valid,
@@ -103,7 +104,7 @@ def refine_users(ctx: RunContext, source: SourceConfig, pii_key: bytes) -> Silve
     ctx.wrote(quarantine.identifier, ctx.lake.current_snapshot_id(quarantine.identifier))
     snapshot = ctx.lake.replace_all(silver_rows, silver, ctx.commit_properties(bronze_runs=pending))
     ctx.wrote(silver.identifier, snapshot)
-    result = SilverResult(len(raw), int(keep.sum()), int((~valid).sum()), int(duplicate.sum()))
+    result = SilverResult(len(raw), int(keep.sum()), int((~valid).sum()), int(duplicate.sum()), bronze_runs=pending)
     log.info("silver written", table=silver.identifier, rows=result.valid, quarantined=result.quarantined,
              duplicates=result.duplicates)
     return result
@@ -216,7 +217,7 @@ def refine_transactions(ctx: RunContext, source: SourceConfig, known_user_ids: L
     ctx.wrote(quarantine.identifier, q_snapshot)
     s_snapshot = ctx.lake.write(deduped, silver, ctx.commit_properties(bronze_runs=pending), overwrite_filter=replaces)
     ctx.wrote(silver.identifier, s_snapshot)
-    result = SilverResult(rows_in, n_silver, rows_in - n_valid, n_valid - n_silver, first_day, last_day)
+    result = SilverResult(rows_in, n_silver, rows_in - n_valid, n_valid - n_silver, first_day, last_day, pending)
     log.info("silver written", table=silver.identifier, rows_in=rows_in, rows=n_silver,
              quarantined=result.quarantined, duplicates=result.duplicates)
     return result

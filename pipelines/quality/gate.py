@@ -1,0 +1,283 @@
+"""The quality gate: measure what this run refined and built, judge it, record it, alert, and stop a bad
+batch before it reaches the feature store.
+
+Runs after gold is built and before anything is published. When a check of severity `fail` fails, every
+table the run wrote (bronze included) is rolled back to its snapshot from before the run, nothing is
+published, the MLflow run ends FAILED with the check results and the report, every failed check becomes
+an alert, and the run exits non-zero. The batch itself stays where it arrived, so a rerun judges it again
+and fails the same way until the files are replaced (a changed file is a new unit) or the check is
+relaxed (for example `quality.drift.severity=warn`).
+
+Every check of every run is appended to `quality.check_results`, which is also the history the row-count
+check compares against (passing runs only, so a rejected batch never becomes the norm).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from pyiceberg.expressions import EqualTo, In
+
+from features.declarations import FeatureSet
+from pipelines import logs
+from pipelines.context import RunContext
+from pipelines.errors import PipelineError
+from pipelines.io.lake import TableSpec
+from pipelines.quality import checks
+from pipelines.quality.report import render_report
+from pipelines.quality.results import CheckResult, Distribution, ReportData
+
+HISTORY = TableSpec("quality.check_results", pa.schema([
+    pa.field("run_id", pa.string()),
+    pa.field("checked_at", pa.timestamp("us", tz="UTC")),
+    pa.field("gate_passed", pa.bool_()),
+    pa.field("name", pa.string()),
+    pa.field("kind", pa.string()),
+    pa.field("table", pa.string()),
+    pa.field("value", pa.float64()),
+    pa.field("threshold", pa.string()),
+    pa.field("severity", pa.string()),
+    pa.field("passed", pa.bool_()),
+    pa.field("detail", pa.string()),
+]))
+
+
+class QualityGateError(PipelineError):
+    """A check of severity `fail` failed: the run stopped before publishing."""
+
+    exit_code = 3
+
+
+@dataclass
+class Refined:
+    """What the gate needs to know about one dataset refined in this run."""
+
+    dataset: str
+    columns: List[str]  # the declared source columns
+    bronze_runs: List[str]
+
+
+@dataclass
+class GateResult:
+    passed: bool
+    checks: List[CheckResult]
+    report_path: Path
+    alerts: int = 0
+    extra: Dict[str, object] = field(default_factory=dict)
+
+
+# --- measuring ------------------------------------------------------------------------------------
+def _present_counts(batch: pd.DataFrame, columns: List[str]) -> pd.DataFrame:
+    present = {c: int((batch[c].notna() & (batch[c].astype("string").str.strip().str.len() > 0)).sum())
+               for c in columns}
+    return pd.DataFrame([{"_rows": len(batch), **present}])
+
+
+def _outside_counts(batch: pd.DataFrame, column: str, low: Optional[float], high: Optional[float]) -> pd.DataFrame:
+    values = batch[column].astype("float64")
+    outside = np.zeros(len(values), dtype=bool)
+    if low is not None:
+        outside |= (values < low).to_numpy()
+    if high is not None:
+        outside |= (values > high).to_numpy()
+    return pd.DataFrame([{"_rows": len(batch), "outside": int(outside.sum())}])
+
+
+def _sum(ctx: RunContext, identifier: str, runs: List[str], read: List[str], fn, **kwargs) -> pd.Series:
+    """Per-batch counts computed on Ray over the rows of the given bronze runs, summed on the driver."""
+    ds = ctx.lake.read_ray(identifier, In("_run_id", runs), read)
+    parts = ds.map_batches(fn, fn_kwargs=kwargs, batch_format="pandas").to_pandas()
+    return parts.sum(numeric_only=True) if len(parts) else pd.Series(dtype="int64")
+
+
+def _units(ctx: RunContext, dataset: str, runs: Sequence[str]) -> int:
+    from pipelines.stages.bronze import INGESTED_UNITS
+
+    return sum(len(json.loads(p.get(INGESTED_UNITS, "[]"))) for p in ctx.lake.snapshot_properties(f"bronze.{dataset}")
+               if p.get("run_id") in set(runs))
+
+
+def _history(ctx: RunContext, name: str, runs: int) -> List[tuple]:
+    """(run id, value) of the check in the last `runs` runs whose gate passed, oldest first."""
+    if not ctx.lake.exists(HISTORY.identifier):
+        return []
+    rows = ctx.lake.read_arrow(HISTORY.identifier, EqualTo("name", name)).to_pandas()
+    rows = rows[rows["gate_passed"] & rows["value"].notna()].sort_values("checked_at")
+    return list(rows[["run_id", "value"]].tail(runs).itertuples(index=False, name=None))
+
+
+def _latest_event(ctx: RunContext, identifier: str, column: str) -> Optional[dt.datetime]:
+    """From the data files' column statistics: no data is read."""
+    if not ctx.lake.exists(identifier) or ctx.lake.table(identifier).current_snapshot() is None:
+        return None
+    metrics = ctx.lake.table(identifier).inspect.files().column("readable_metrics").to_pylist()
+    bounds = [m[column]["upper_bound"] for m in metrics if m and m[column]["upper_bound"] is not None]
+    return max(bounds) if bounds else None
+
+
+def _drift(ctx: RunContext, fs: FeatureSet, previous_snapshot: Optional[int], as_of: dt.date):
+    """One check per numeric feature: the latest as-of day of the previous snapshot against `as_of` now."""
+    q = ctx.cfg.quality.drift
+    identifier = f"gold.{fs.name}"
+    if previous_snapshot is None:
+        return [checks.drift(f"{fs.name}.{name}", identifier, None, q.threshold, q.severity,
+                             "no previous snapshot") for name in fs.feature_names()], []
+    table = ctx.lake.table(identifier)
+    props = table.snapshot_by_id(previous_snapshot).summary.additional_properties
+    previous_as_of = dt.date.fromisoformat(props["as_of_last"])
+
+    def day(d: dt.date, snapshot: Optional[int]) -> pd.DataFrame:
+        at = dt.datetime.combine(d, dt.time(), dt.timezone.utc).isoformat()
+        return ctx.lake.read_arrow(identifier, EqualTo(fs.as_of_column, at), snapshot_id=snapshot).to_pandas()
+
+    before, now = day(previous_as_of, previous_snapshot), day(as_of, None)
+    results, distributions = [], []
+    for name in fs.feature_names():
+        if not (pd.api.types.is_numeric_dtype(before[name]) and pd.api.types.is_numeric_dtype(now[name])):
+            continue
+        old, new = before[name].dropna().to_numpy(float), now[name].dropna().to_numpy(float)
+        if len(old) == 0 or len(new) == 0:
+            results.append(checks.drift(f"{fs.name}.{name}", identifier, None, q.threshold, q.severity, "no values"))
+            continue
+        bins = max(2, min(q.bins, min(len(old), len(new)) // q.min_rows_per_bin))
+        value, edges, old_counts, new_counts = checks.psi(old, new, bins)
+        detail = f"as_of {previous_as_of} (snapshot {previous_snapshot}) vs as_of {as_of}, {bins} bins"
+        results.append(checks.drift(f"{fs.name}.{name}", identifier, value, q.threshold, q.severity, detail))
+        distributions.append(Distribution(f"{fs.name}.{name}", edges, old_counts, new_counts, value))
+    return results, distributions
+
+
+def measure(ctx: RunContext, refined: List[Refined], built: Dict[str, object], sets: List[FeatureSet],
+            before: Dict[str, Optional[int]]) -> ReportData:
+    q = ctx.cfg.quality
+    report = ReportData(ctx.run_id, True, [])
+    for item in refined:
+        bronze = f"bronze.{item.dataset}"
+        counts = _sum(ctx, bronze, item.bronze_runs, item.columns, _present_counts, columns=item.columns)
+        rows = int(counts.get("_rows", 0))
+        overrides = q.completeness.columns.get(item.dataset, {})
+        report.null_rates[bronze] = {c: 1 - int(counts.get(c, 0)) / rows if rows else 0.0 for c in item.columns}
+        for column in item.columns:
+            report.checks.append(checks.completeness(item.dataset, column, int(counts.get(column, 0)), rows,
+                                                     overrides.get(column, q.completeness.threshold),
+                                                     q.completeness.severity))
+        units = _units(ctx, item.dataset, item.bronze_runs)
+        name = f"row_count.{item.dataset}"
+        history = _history(ctx, name, q.row_count.history_runs)
+        report.checks.append(checks.row_count(item.dataset, rows / units if units else None,
+                                              [v for _, v in history], q.row_count.band, q.row_count.severity))
+        report.row_counts[f"{bronze} (rows per file)"] = [(r, int(v)) for r, v in history] \
+            + [(ctx.run_id, int(rows / units) if units else 0)]
+        for column, bounds in q.ranges.get(item.dataset, {}).items():
+            silver = f"silver.{item.dataset}"
+            got = _sum(ctx, silver, item.bronze_runs, [column], _outside_counts, column=column, low=bounds.min,
+                       high=bounds.max)
+            report.checks.append(checks.value_range(item.dataset, column, int(got.get("outside", 0)),
+                                                    int(got.get("_rows", 0)), bounds.min, bounds.max,
+                                                    bounds.max_outside_fraction, bounds.severity))
+        sla = q.freshness.get(item.dataset)
+        if sla is not None:
+            latest = _latest_event(ctx, f"silver.{item.dataset}", sla.column)
+            report.checks.append(checks.freshness(item.dataset, latest, ctx.cfg.cutoff_ts, sla.max_age_hours,
+                                                  sla.severity))
+    for fs in sets:
+        result = built.get(fs.name)
+        if result is None or result.last_as_of is None:  # type: ignore[attr-defined]
+            continue
+        drift_checks, distributions = _drift(ctx, fs, before.get(f"gold.{fs.name}"), result.last_as_of)  # type: ignore[attr-defined]
+        report.checks += drift_checks
+        report.distributions += distributions
+    report.passed = not any(c.blocks for c in report.checks)
+    return report
+
+
+# --- recording, alerting, rolling back --------------------------------------------------------------
+def record(ctx: RunContext, report: ReportData) -> None:
+    now = dt.datetime.now(dt.timezone.utc)
+    rows = pa.Table.from_pylist([
+        {"run_id": ctx.run_id, "checked_at": now, "gate_passed": report.passed, "name": c.name, "kind": c.kind,
+         "table": c.table, "value": c.value, "threshold": c.threshold, "severity": c.severity, "passed": c.passed,
+         "detail": c.detail} for c in report.checks], schema=HISTORY.schema)
+    table = ctx.lake.ensure(HISTORY)
+    table.append(rows, snapshot_properties=ctx.commit_properties())
+
+
+def alert(ctx: RunContext, failed: List[CheckResult]) -> int:
+    """One JSON line per failed check in the alert file; one POST per run to the webhook, if configured."""
+    if not failed:
+        return 0
+    log = logs.get()
+    sinks = ctx.cfg.quality.alerts
+    events = [{"run_id": ctx.run_id, "check": c.name, "table": c.table, "value": c.value, "threshold": c.threshold,
+               "severity": c.severity, "detail": c.detail} for c in failed]
+    if sinks.file:
+        path = Path(sinks.file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as handle:
+            for event in events:
+                handle.write(json.dumps(event) + "\n")
+    if sinks.webhook_url:
+        body = json.dumps({"run_id": ctx.run_id, "failed_checks": events}).encode()
+        request = urllib.request.Request(sinks.webhook_url, data=body, headers={"Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(request, timeout=10).close()
+        except Exception as exc:  # an unreachable sink must not hide the failure it reports
+            log.error("alert webhook failed", url=sinks.webhook_url, error=str(exc).splitlines()[0])
+    log.warning("alerts sent", count=len(events), file=sinks.file, webhook=bool(sinks.webhook_url))
+    return len(events)
+
+
+def roll_back(ctx: RunContext, before: Dict[str, Optional[int]]) -> List[str]:
+    """Put every table back to its snapshot from before the run (drop the ones the run created)."""
+    undone = []
+    for identifier, snapshot in before.items():
+        if not ctx.lake.exists(identifier):
+            continue
+        if snapshot is None:
+            ctx.lake.catalog.drop_table(identifier)
+            undone.append(identifier)
+        elif ctx.lake.current_snapshot_id(identifier) != snapshot:
+            ctx.lake.table(identifier).manage_snapshots().set_current_snapshot(snapshot_id=snapshot).commit()
+            undone.append(identifier)
+    return undone
+
+
+def run_gate(ctx: RunContext, refined: List[Refined], built: Dict[str, object], sets: List[FeatureSet],
+             before: Dict[str, Optional[int]]) -> GateResult:
+    """Measure, record, report (file + MLflow artifact), alert; on a blocking failure roll back and raise."""
+    import mlflow
+
+    log = logs.get()
+    report = measure(ctx, refined, built, sets, before)
+    record(ctx, report)
+    report_path = Path(ctx.cfg.data_dir) / "reports" / f"{ctx.run_id}.html"
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(render_report(report), encoding="utf-8")
+    mlflow.log_artifact(str(report_path), artifact_path="quality")
+    mlflow.log_dict({"passed": report.passed, "checks": [c.as_dict() for c in report.checks]},
+                    "quality/checks.json")
+    mlflow.log_metrics({f"quality.{c.name}": float(c.value) for c in report.checks if c.value is not None})
+    mlflow.log_metric("quality.gate_passed", float(report.passed))
+    failed = [c for c in report.checks if not c.passed]
+    for check in failed:
+        log.warning("check failed", check=check.name, value=check.value, threshold=check.threshold,
+                    severity=check.severity)
+    sent = alert(ctx, failed)
+    if report.passed:
+        log.info("quality gate passed", checks=len(report.checks), warnings=len(failed))
+        return GateResult(True, report.checks, report_path, sent)
+    blocking = [c for c in failed if c.blocks]
+    undone = roll_back(ctx, before)
+    log.error("quality gate failed", failed=[c.name for c in blocking], rolled_back=undone)
+    raise QualityGateError(
+        f"quality gate failed ({len(blocking)} check(s)): " + "; ".join(c.summary() for c in blocking)
+        + f". Nothing was published; {', '.join(undone) or 'no table'} rolled back to the previous snapshot; "
+        f"report: {report_path}")

@@ -1,0 +1,137 @@
+"""The quality gate on real runs: three bad batches each fail with the named check, nothing is published,
+every table is back at its previous snapshot, each failure is one alert line, and the report is in MLflow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from pyiceberg.catalog import load_catalog
+
+from tests.conftest import small_config
+
+pytestmark = pytest.mark.e2e
+NEXT_DAY = "cutoff=2026-01-22T00:00:00Z"  # the bad batches are the events of 2026-01-21
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, ray_session):
+    from pipelines.run import run
+    from pipelines.sample_data import generate
+
+    data_dir = tmp_path_factory.mktemp("gate")
+    cfg = small_config(data_dir)
+    generate(cfg.sample)
+    summary = run(cfg)
+    assert summary["quality"]["passed"]
+    folder = Path(cfg.sample.output_dir) / "transactions"
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".csv", ".parquet"))
+    return {"cfg": cfg, "summary": summary, "folder": folder, "base_rows_per_file":
+            summary["counts"]["transactions.bronze_rows_ingested"] / len(files)}
+
+
+def _next_day(base) -> pd.DataFrame:
+    """A plausible 2026-01-21: the rows of 2026-01-19 (a CSV day), two days later, with new ids."""
+    day = pd.read_csv(base["folder"] / "2026-01-19.csv", dtype=str, keep_default_na=False)
+    day["tx_id"] = "b" + day["tx_id"]
+    day["ts"] = day["ts"].str.replace("2026-01-19", "2026-01-21")
+    return day
+
+
+def _state(base):
+    from features.registry import feature_set
+    from serving.publish import online_values, open_store
+
+    cfg = base["cfg"]
+    summary = base["summary"]
+    catalog = load_catalog(summary["catalog"]["name"], **summary["catalog"]["properties"])
+    snapshots = {i: catalog.load_table(i).current_snapshot().snapshot_id for i in summary["tables"]}
+    store = open_store(cfg)
+    online = {name: online_values(store, feature_set(name), list(range(1, 41)) if name == "merchant_activity"
+                                  else list(range(1, 151))).to_dict("list")
+              for name in ("user_spend_daily", "merchant_activity")}
+    return snapshots, online
+
+
+def _alerts(base):
+    path = Path(base["cfg"].quality.alerts.file)
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _fails(base, day: pd.DataFrame, expected: set):
+    from pipelines.quality.gate import QualityGateError
+    from pipelines.run import run
+
+    before, alerts_before = _state(base), _alerts(base)
+    path = base["folder"] / "2026-01-21.csv"
+    day.to_csv(path, index=False)
+    try:
+        with pytest.raises(QualityGateError) as stopped:
+            run(small_config(base["cfg"].data_dir, NEXT_DAY))
+    finally:
+        path.unlink()
+    message = str(stopped.value)
+    failed = {c["check"] for c in _alerts(base)[len(alerts_before):] if c["severity"] == "fail"}
+    assert expected <= failed, (expected, failed, message)
+    assert all(name in message for name in failed)
+    assert _state(base) == before  # same snapshots everywhere, online values unchanged
+    new_alerts = _alerts(base)[len(alerts_before):]
+    assert len(new_alerts) == len({a["check"] for a in new_alerts})  # one line per failed check
+    return message, new_alerts
+
+
+def test_ten_percent_null_amounts_fail_completeness(base):
+    day = _next_day(base)
+    day.loc[day.index % 10 == 0, "amount"] = ""
+    present = int((day["amount"] != "").sum())
+    message, alerts = _fails(base, day, {"completeness.transactions.amount"})
+    (alert,) = [a for a in alerts if a["check"] == "completeness.transactions.amount"]
+    assert alert["value"] == present / len(day) and alert["threshold"] == ">= 0.95"
+    assert f"completeness.transactions.amount={present / len(day):.6g} (threshold >= 0.95)" in message
+
+
+def test_half_the_usual_rows_fail_the_row_count(base):
+    day = _next_day(base).iloc[::2]
+    message, alerts = _fails(base, day, {"row_count.transactions"})
+    (alert,) = [a for a in alerts if a["check"] == "row_count.transactions"]
+    usual = base["base_rows_per_file"]
+    assert alert["value"] == len(day)
+    assert alert["threshold"] == f"in [{usual * 0.7:.6g}, {usual * 1.3:.6g}] (median {usual:.6g} of 1 runs +-30%)"
+
+
+def test_amounts_at_a_hundred_times_the_scale_fail_range_and_drift(base):
+    day = _next_day(base)
+    numeric = pd.to_numeric(day["amount"], errors="coerce")
+    day["amount"] = [f"{v * 100:.2f}" if pd.notna(v) else raw for v, raw in zip(numeric, day["amount"])]
+    _fails(base, day, {"range.transactions.amount", "drift.user_spend_daily.spend_7d"})
+
+
+def test_a_good_day_passes_and_the_report_is_in_mlflow(base):
+    from pipelines.run import run
+
+    (base["folder"] / "2026-01-21.csv").write_text(_next_day(base).to_csv(index=False))
+    summary = run(small_config(base["cfg"].data_dir, NEXT_DAY))
+    assert summary["quality"]["passed"] and summary["counts"]["user_spend_daily.online_entities_written"] > 0
+    report = Path(summary["quality"]["report"]).read_text()
+    for title in ("Null rates: bronze.transactions", "Row counts: bronze.transactions (rows per file)",
+                  "Distribution: user_spend_daily.spend_7d", "Distribution: merchant_activity.revenue_7d"):
+        assert f"<title>{title}</title>" in report
+    checks = {c["name"]: c for c in json.loads(
+        mlflow.artifacts.load_text(f"runs:/{summary['mlflow']['run_id']}/quality/checks.json"))["checks"]}
+    assert checks["completeness.transactions.amount"]["passed"]
+    assert f"{checks['completeness.transactions.amount']['value']:.6g}" in report
+    assert f"{checks['drift.user_spend_daily.spend_7d']['value']:.4f}" in report
+    client = mlflow.tracking.MlflowClient(base["cfg"].tracking.tracking_uri)
+    run_info = client.get_run(summary["mlflow"]["run_id"])
+    assert run_info.data.metrics["quality.gate_passed"] == 1.0
+    assert {a.path for a in client.list_artifacts(run_info.info.run_id, "quality")} == {
+        "quality/checks.json", f"quality/{Path(summary['quality']['report']).name}"}
+    # the failed runs before it: FAILED in MLflow, each with its check results
+    failed = client.search_runs([run_info.info.experiment_id], "attributes.status = 'FAILED'")
+    assert len(failed) == 3
+    for r in failed:
+        assert r.data.metrics["quality.gate_passed"] == 0.0
+        assert {a.path for a in client.list_artifacts(r.info.run_id, "quality")} >= {"quality/checks.json"}
