@@ -17,6 +17,8 @@ commands:
   run          run the pipeline (ingest, refine, build, publish, track); last stdout line is a JSON summary
   sample-data  write the deterministic sample data set (users in SQLite, daily CSV/Parquet transactions)
   config       print the resolved configuration
+  maintain     apply retention, expire old snapshots, delete unreferenced files; prints what it removed
+  erase        remove one entity everywhere (GDPR erasure): medallion erase --key user_id=42 [overrides]
 
 overrides (Hydra syntax, any number, after the command):
   data_dir=PATH                   where the local profile keeps everything (default ./data)
@@ -36,9 +38,13 @@ examples:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="medallion", description=HELP,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["run", "sample-data", "config"], help=argparse.SUPPRESS)
+    parser.add_argument("command", choices=["run", "sample-data", "config", "maintain", "erase"],
+                        help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    parser.add_argument("--key", help="erase: the entity to remove, as <join key>=<value>, e.g. user_id=42")
+    args = parser.parse_intermixed_args(argv)
+    if args.command == "erase" and (not args.key or "=" not in args.key):
+        parser.error("erase needs --key <join key>=<value>, e.g. --key user_id=42")
     try:
         from pipelines.config import load_config, resolved_dict
 
@@ -52,6 +58,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(json.dumps({"output_dir": cfg.sample.output_dir, "users": summary["users"],
                               "transactions": summary["transactions"], "files": len(summary["files"]),
                               "planted_dirty_rows": len(summary["planted"])}))
+        elif args.command in ("maintain", "erase"):
+            from pipelines.run import maintain
+
+            join_key, _, value = (args.key or "").partition("=")
+            print(json.dumps(maintain(cfg, erase=(join_key, value) if args.command == "erase" else None),
+                             default=str), flush=True)
         else:
             from pipelines.run import run
 

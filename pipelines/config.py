@@ -150,6 +150,20 @@ class SchemaPolicyConfig:
 
 
 @dataclass
+class RetentionConfig:
+    """Days of data each layer keeps (None: forever), counted back from `reference` (default: now) by event
+    time (silver: ts, gold: as_of) or arrival time (bronze, quarantine: _ingested_at). Applied by
+    `medallion maintain`."""
+
+    bronze: Optional[int] = None
+    silver: Optional[int] = None
+    quarantine: Optional[int] = None
+    gold: Optional[int] = None
+    orphan_min_age_hours: float = 1.0  # unreferenced files younger than this may be an in-flight write
+    reference: Optional[str] = None  # ISO-8601 instant retention counts back from (None: now)
+
+
+@dataclass
 class FeaturesConfig:
     sets: List[str] = MISSING
 
@@ -180,6 +194,7 @@ class PipelineConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     schema_policy: SchemaPolicyConfig = field(default_factory=SchemaPolicyConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
@@ -295,6 +310,16 @@ def validate(cfg: PipelineConfig) -> None:
     for dataset in q.freshness:
         if dataset not in datasets:
             raise ConfigError(f"config error: quality.freshness.{dataset} names no configured dataset")
+    if cfg.retention.reference is not None:
+        try:
+            parse_utc(cfg.retention.reference)
+        except ValueError:
+            raise ConfigError(f"config error: retention.reference={cfg.retention.reference!r} is not an ISO-8601 "
+                              "timestamp") from None
+    for layer in ("bronze", "silver", "quarantine", "gold"):
+        days = getattr(cfg.retention, layer)
+        if days is not None and days < 1:
+            raise ConfigError(f"config error: retention.{layer}={days} must be at least 1 day (or null: keep forever)")
     from validation.schema_policy import validate_policies
 
     policy_error = validate_policies({"bronze": cfg.schema_policy.bronze, "silver": cfg.schema_policy.silver,

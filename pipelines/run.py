@@ -10,12 +10,12 @@ import datetime as dt
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from features.declarations import FeatureSet, validate as validate_declaration
 from features.registry import feature_sets
 from pipelines import logs, ray_runtime
-from pipelines.config import PipelineConfig, resolved_dict
+from pipelines.config import PipelineConfig, parse_utc, resolved_dict
 from pipelines.context import RunContext, code_version, config_hash, new_run_id
 from pipelines.errors import ConfigError
 from pipelines.io.lake import Lake
@@ -184,3 +184,21 @@ def _tables(ctx: RunContext, cfg: PipelineConfig, sets: List[FeatureSet]) -> Dic
         for identifier in identifiers
         if ctx.lake.exists(identifier)
     }
+
+
+def maintain(cfg: PipelineConfig, erase: Optional[Tuple[str, str]] = None) -> Dict[str, Any]:
+    """`medallion maintain` (retention, then expiry and clean-up of every table) or `medallion erase`."""
+    from pipelines import maintenance
+
+    data_dir = Path(cfg.data_dir)
+    started = dt.datetime.now(dt.timezone.utc)
+    run_id = new_run_id(started)
+    logs.configure(data_dir / "logs" / f"{run_id}.jsonl")
+    logs.bind(run_id=run_id, stage="erase" if erase else "maintain")
+    lake = Lake(cfg.catalog)
+    if erase:
+        return {"run_id": run_id, "erased": maintenance.erase(cfg, lake, *erase)}
+    reference = parse_utc(cfg.retention.reference) if cfg.retention.reference else started
+    retention = maintenance.apply_retention(cfg, lake, reference)
+    cleaned = maintenance.clean_up(lake, cfg.retention.orphan_min_age_hours * 3600)
+    return {"run_id": run_id, "retention": retention, "clean_up": cleaned}

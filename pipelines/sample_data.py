@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
-import sqlite3
+import sqlalchemy
 from decimal import Decimal
 from pathlib import Path
 from typing import Dict, List
@@ -147,8 +147,13 @@ def generate(cfg: SampleConfig, days: List[int] | None = None) -> Dict[str, obje
     db = out / "users.db"
     if db.exists():
         db.unlink()
-    with sqlite3.connect(db) as conn:
-        users.to_sql("users", conn, index=False)
+    # through SQLAlchemy: pandas on a raw sqlite3 connection re-registers sqlite3's process-wide datetime
+    # adapters, which Feast's SQLite online store relies on (see serving.publish)
+    engine = sqlalchemy.create_engine(f"sqlite:///{db}")
+    try:
+        users.to_sql("users", engine, index=False)
+    finally:
+        engine.dispose()
     start = dt.date.fromisoformat(cfg.start_date)
     tx_day = tx["ts"].dt.date
     written = []

@@ -255,15 +255,17 @@ def test_no_raw_pii_anywhere_past_bronze(pipeline_run):
         users = pd.read_sql("SELECT email, full_name, phone, birth_date FROM users", conn)
     secrets = {v for column in users.columns for v in users[column]}
     assert len(secrets) > 400
-    for identifier in summary["tables"]:
+    for identifier in [*summary["tables"], "quality.check_results"]:
         if identifier.startswith("bronze."):
             continue  # bronze is the raw copy by definition
         frame = table_frame(summary, identifier).astype(str)
         values = set(frame.to_numpy().ravel())
         assert not values & secrets, identifier
     data_dir = Path(summary["data_dir"])
-    blobs = [p for d in ("feast", "mlflow", "logs") for p in (data_dir / d).rglob("*") if p.is_file()]
+    blobs = [p for d in ("feast", "mlflow", "logs", "reports", "alerts") for p in (data_dir / d).rglob("*")
+             if p.is_file()]
     assert any(p.name == "online_store.db" for p in blobs) and any(p.suffix == ".jsonl" for p in blobs)
+    assert any(p.suffix == ".html" and "artifacts" in str(p) for p in blobs)  # the quality report in MLflow
     for path in blobs:
         content = path.read_bytes()
         leaked = [s for s in secrets if s.encode() in content]

@@ -4,6 +4,8 @@ every table is back at its previous snapshot, each failure is one alert line, an
 from __future__ import annotations
 
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import mlflow
@@ -61,7 +63,7 @@ def _alerts(base):
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def _fails(base, day: pd.DataFrame, expected: set):
+def _fails(base, day: pd.DataFrame, expected: set, *overrides: str):
     from pipelines.quality.gate import QualityGateError
     from pipelines.run import run
 
@@ -70,7 +72,7 @@ def _fails(base, day: pd.DataFrame, expected: set):
     day.to_csv(path, index=False)
     try:
         with pytest.raises(QualityGateError) as stopped:
-            run(small_config(base["cfg"].data_dir, NEXT_DAY))
+            run(small_config(base["cfg"].data_dir, NEXT_DAY, *overrides))
     finally:
         path.unlink()
     message = str(stopped.value)
@@ -93,9 +95,29 @@ def test_ten_percent_null_amounts_fail_completeness(base):
     assert f"completeness.transactions.amount={present / len(day):.6g} (threshold >= 0.95)" in message
 
 
-def test_half_the_usual_rows_fail_the_row_count(base):
+class _Webhook(BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        _Webhook.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *_):
+        pass
+
+
+def test_half_the_usual_rows_fail_the_row_count_and_alert_the_webhook(base):
+    server = HTTPServer(("127.0.0.1", 0), _Webhook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     day = _next_day(base).iloc[::2]
-    message, alerts = _fails(base, day, {"row_count.transactions"})
+    try:
+        message, alerts = _fails(base, day, {"row_count.transactions"},
+                                 f"quality.alerts.webhook_url=http://127.0.0.1:{server.server_port}/hook")
+    finally:
+        server.shutdown()
+    (posted,) = _Webhook.received
+    assert posted["failed_checks"] == alerts
     (alert,) = [a for a in alerts if a["check"] == "row_count.transactions"]
     usual = base["base_rows_per_file"]
     assert alert["value"] == len(day)

@@ -31,6 +31,8 @@ from pipelines.config import CatalogConfig
 from pipelines.errors import PipelineError
 
 ROWS_PER_FILE = 1_000_000
+# Snapshot properties that are idempotency records (JSON lists): kept when old snapshots expire.
+RECORDED_KEYS = ("ingested_units", "bronze_runs")
 TABLE_PROPERTIES = {
     "write.parquet.compression-codec": "zstd",
     "format-version": "2",
@@ -195,8 +197,11 @@ class Lake:
         return [dict(s.summary.additional_properties) for s in history if s.summary is not None]
 
     def recorded(self, identifier: str, key: str) -> List[Any]:
-        """Union of the JSON lists recorded under `key` in the table's snapshot properties."""
-        values: List[Any] = []
+        """Union of the JSON lists recorded under `key` in the table's snapshot properties, and in the table
+        property `recorded.<key>`, where maintenance folds them before it expires old snapshots."""
+        if not self.exists(identifier):
+            return []
+        values: List[Any] = json.loads(self.table(identifier).properties.get(f"recorded.{key}", "[]"))
         for props in self.snapshot_properties(identifier):
             if key in props:
                 values.extend(json.loads(props[key]))
