@@ -11,10 +11,18 @@ import ray
 from pipelines.config import RayConfig
 
 
+# Ray Data's Parquet reader resizes Arrow's process-wide CPU and IO thread pools (to 32 and 128) inside the
+# worker that reads. A worker that later runs pyiceberg's partitioned write (an Arrow group_by) can then fail
+# with "ArrowIndexError: thread index 10 is out of range [0, 10)" (seen in long test sessions). 0 = leave
+# Arrow's pools alone. Workers inherit the driver's environment locally; clusters get it via runtime_env.
+WORKER_ENV = {"RAY_DATA_PARQUET_READER_CPU_COUNT": "0", "RAY_DATA_PARQUET_READER_IO_THREAD_COUNT": "0"}
+
+
 def start(cfg: RayConfig) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.update(WORKER_ENV)
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     kwargs = dict(
         include_dashboard=False,

@@ -131,7 +131,11 @@ def _drift(ctx: RunContext, fs: FeatureSet, previous_snapshot: Optional[int], as
         return [checks.drift(f"{fs.name}.{name}", identifier, None, q.threshold, q.severity,
                              "no previous snapshot") for name in fs.feature_names()], []
     table = ctx.lake.table(identifier)
-    props = table.snapshot_by_id(previous_snapshot).summary.additional_properties
+    previous = table.snapshot_by_id(previous_snapshot)
+    if previous is None or "as_of_last" not in previous.summary.additional_properties:  # rebuilt in this run
+        return [checks.drift(f"{fs.name}.{name}", identifier, None, q.threshold, q.severity,
+                             "table rebuilt: no previous snapshot") for name in fs.feature_names()], []
+    props = previous.summary.additional_properties
     previous_as_of = dt.date.fromisoformat(props["as_of_last"])
 
     def day(d: dt.date, snapshot: Optional[int]) -> pd.DataFrame:
@@ -241,8 +245,8 @@ def roll_back(ctx: RunContext, before: Dict[str, Optional[int]]) -> List[str]:
     for identifier, snapshot in before.items():
         if not ctx.lake.exists(identifier):
             continue
-        if snapshot is None:
-            ctx.lake.catalog.drop_table(identifier)
+        if snapshot is None or ctx.lake.table(identifier).snapshot_by_id(snapshot) is None:
+            ctx.lake.catalog.drop_table(identifier)  # created (or re-created by a rebuild) in this run
             undone.append(identifier)
         elif ctx.lake.current_snapshot_id(identifier) != snapshot:
             ctx.lake.table(identifier).manage_snapshots().set_current_snapshot(snapshot_id=snapshot).commit()
