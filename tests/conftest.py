@@ -33,6 +33,16 @@ def small_config(data_dir: Path, *extra: str):
     return load_config([f"data_dir={data_dir}", *SMALL, *extra])
 
 
+def run_small_sample(data_dir: Path):
+    """Generate the small standard sample in `data_dir` and run the whole pipeline once: (cfg, summary)."""
+    from pipelines.run import run
+    from pipelines.sample_data import generate
+
+    cfg = small_config(data_dir)
+    generate(cfg.sample)
+    return cfg, run(cfg)
+
+
 # Events on window boundaries for user 1, as_of 2026-01-15: at midnight, 1 microsecond before midnight,
 # exactly 7 and 30 days before, and at the as-of instant itself (must not count for that as-of day).
 BOUNDARY_LINES = [

@@ -17,7 +17,7 @@ import pytest
 from pyiceberg.catalog import load_catalog
 from pyiceberg.expressions import EqualTo
 
-from tests.conftest import SMALL, small_config
+from tests.conftest import SMALL, run_small_sample
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,13 +26,8 @@ ERASED = 7
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, ray_session):
-    from pipelines.run import run
-    from pipelines.sample_data import generate
-
     data_dir = tmp_path_factory.mktemp("maintenance")
-    cfg = small_config(data_dir)
-    generate(cfg.sample)
-    summary = run(cfg)
+    cfg, summary = run_small_sample(data_dir)
     catalog = load_catalog(summary["catalog"]["name"], **summary["catalog"]["properties"])
     return {"cfg": cfg, "summary": summary, "catalog": catalog, "data_dir": data_dir}
 

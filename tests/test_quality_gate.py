@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from pyiceberg.catalog import load_catalog
 
-from tests.conftest import small_config
+from tests.conftest import run_small_sample, small_config
 
 pytestmark = pytest.mark.e2e
 NEXT_DAY = "cutoff=2026-01-22T00:00:00Z"  # the bad batches are the events of 2026-01-21
@@ -21,13 +21,7 @@ NEXT_DAY = "cutoff=2026-01-22T00:00:00Z"  # the bad batches are the events of 20
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, ray_session):
-    from pipelines.run import run
-    from pipelines.sample_data import generate
-
-    data_dir = tmp_path_factory.mktemp("gate")
-    cfg = small_config(data_dir)
-    generate(cfg.sample)
-    summary = run(cfg)
+    cfg, summary = run_small_sample(tmp_path_factory.mktemp("gate"))
     assert summary["quality"]["passed"]
     folder = Path(cfg.sample.output_dir) / "transactions"
     files = sorted(p for p in folder.iterdir() if p.suffix in (".csv", ".parquet"))
