@@ -20,6 +20,7 @@ from pipelines.context import RunContext, code_version, config_hash, new_run_id
 from pipelines.errors import ConfigError
 from pipelines.io.lake import Lake
 from pipelines.pii import load_key
+from pipelines.profiles import require_credentials
 from pipelines.stages import bronze, gold, silver
 from validation import transactions as tx_contract
 from validation import users as users_contract
@@ -30,6 +31,7 @@ COLUMN_KINDS = {"transactions": tx_contract.COLUMN_KINDS, "users": users_contrac
 
 def check_start_up(cfg: PipelineConfig) -> List[FeatureSet]:
     """Everything that can be checked before any work: sources map to contracts, declarations are sound."""
+    require_credentials(cfg)
     for name, source in cfg.sources.items():
         if source.dataset not in COLUMN_KINDS:
             raise ConfigError(f"config error: sources.{name}.dataset={source.dataset!r} has no silver contract "
