@@ -121,6 +121,7 @@ def run(cfg: PipelineConfig) -> Dict[str, Any]:
         with stage(ctx, "track"):
             tables = _tables(ctx, cfg, sets)
             tracking.log_params(tracking.flatten("", resolved_dict(cfg), {}))
+            tracking.log_config(resolved_dict(cfg))
             tracking.log_metrics({**ctx.counts, **{f"seconds.{k}": v for k, v in ctx.durations.items()}})
             for identifier, snapshot in ctx.tables_read.items():
                 # a snapshot this run wrote and then read is one dataset: MLflow keeps it once, as written

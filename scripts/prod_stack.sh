@@ -163,6 +163,7 @@ write_env() {
 # Written by scripts/prod_stack.sh up: what a prod run needs to reach the local stand-in stack.
 export RAY_AUTH_MODE=disabled
 export RAY_ADDRESS=$HOST:$RAY_PORT
+export MEDALLION_RAY_DASHBOARD=http://$HOST:8390
 export AWS_ACCESS_KEY_ID=stand-in-key
 export AWS_SECRET_ACCESS_KEY=stand-in-secret
 export AWS_REGION=us-east-1

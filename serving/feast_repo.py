@@ -36,7 +36,10 @@ def render_feature_store_yaml(cfg: PipelineConfig) -> Path:
         connection = cfg.online_store.connection_string or "localhost:6379"
         if cfg.online_store.password_env:  # Feast expands ${VAR} when it loads the file: no secret on disk
             connection += f",password=${{{cfg.online_store.password_env}}}"
-        online = {"type": "redis", "connection_string": connection}
+        # skip_dedup: Feast's Redis store otherwise keeps a stored row whose event time is the same as the
+        # new one, so a recomputed as-of day (late events) would never reach Redis. Publish writes gold's
+        # newest row per entity, which is the truth: it must overwrite.
+        online = {"type": "redis", "connection_string": connection, "skip_dedup": True}
     if cfg.registry.type == "sql":  # shared by every client of the feature store (cache: re-read each minute)
         registry: Dict[str, object] = {"registry_type": "sql", "path": cfg.registry.path, "cache_ttl_seconds": 60}
     else:
