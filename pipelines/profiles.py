@@ -32,8 +32,8 @@ def check_prod(cfg: PipelineConfig) -> None:
         problems.append(f"registry.type={cfg.registry.type!r} must be sql (a registry file lives on one disk)")
     if not cfg.tracking.tracking_uri.startswith(("http://", "https://")):
         problems.append(f"tracking.tracking_uri={cfg.tracking.tracking_uri!r} must be an MLflow server (http[s]://)")
-    if not (cfg.ray.address or os.environ.get("RAY_ADDRESS")):
-        problems.append("ray.address (or the environment variable RAY_ADDRESS) must name the Ray cluster")
+    if not cfg.ray.address:
+        problems.append("ray.address (RAY_ADDRESS with ray=cluster) must name the Ray cluster")
     for name, source in cfg.sources.items():
         if source.kind == "files" and not _is_remote_uri(source.path or ""):
             problems.append(f"sources.{name}.path={source.path!r} must be an object-store URI")

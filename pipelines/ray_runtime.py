@@ -16,7 +16,9 @@ def start(cfg: RayConfig) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    # RAY_ADDRESS reaches this through the config (conf/ray/cluster.yaml, the prod profile) and nowhere
+    # else: a local run started from a shell that holds a cluster's environment still runs locally.
+    address = cfg.address
     kwargs = dict(
         include_dashboard=False,
         log_to_driver=False,
