@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test sample-data benchmark clean
+.PHONY: run test sample-data benchmark clean stack-up stack-down stack-status test-prod
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
@@ -24,6 +24,21 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The local stand-in of a production stack (scripts/prod_stack.sh): 3-node Ray, PostgreSQL, Redis, an
+# S3-compatible server and an MLflow server, all on loopback. `source /tmp/medallion-stack/env` after up.
+stack-up: $(STAMP)
+	scripts/prod_stack.sh up
+
+stack-down:
+	scripts/prod_stack.sh down
+
+stack-status:
+	scripts/prod_stack.sh status
+
+# Only the prod-profile tests (they start the stack if it is not up, and stop it again afterwards).
+test-prod: $(STAMP)
+	$(BIN)/python -m pytest -m prod $(PYTEST_ARGS)
 
 benchmark: $(STAMP)
 	$(BIN)/python -m benchmarks.gold_build $(ARGS)

@@ -47,13 +47,25 @@ class CatalogConfig:
     type: str = "sql"
     uri: str = MISSING
     warehouse: str = MISSING
+    # More pyiceberg catalog/FileIO properties (s3.endpoint, s3.region, ...); never credentials, which
+    # pyiceberg and pyarrow take from the environment. Empty values are dropped.
+    properties: Dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
 class OnlineStoreConfig:
     type: str = "sqlite"
     path: Optional[str] = None  # sqlite
-    connection_string: Optional[str] = None  # redis
+    connection_string: Optional[str] = None  # redis: host:port,db=N (no password here)
+    password_env: Optional[str] = None  # redis: the environment variable holding its password, if any
+
+
+@dataclass
+class RegistryConfig:
+    """Where Feast keeps its registry: a file next to the repo, or an SQL database (shared by every client)."""
+
+    type: str = "file"  # file | sql
+    path: Optional[str] = None  # sql: an SQLAlchemy URI
 
 
 @dataclass
@@ -72,6 +84,11 @@ class RayConfig:
     # Ray Data's shuffle for group-bys: auto | sort_shuffle_pull_based | hash_shuffle (see ray_runtime)
     shuffle_strategy: str = "auto"
     hash_shuffle_from_rows: int = 2_000_000
+    # Joining a cluster: ship this project's packages to the workers (Ray runtime env py_modules), and
+    # forward these environment variables (when set on the driver) so workers reach the object store and
+    # databases with the driver's credentials.
+    ship_code: bool = False
+    forward_env: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -187,9 +204,11 @@ class PipelineConfig:
     profile: str = "local"
     cutoff: str = MISSING  # the run's logical end (exclusive): events after it are quarantined
     pii_key_env: str = "PIPELINE_PII_KEY"
+    required_env: List[str] = field(default_factory=list)  # credentials a run refuses to start without
     sources: Dict[str, SourceConfig] = field(default_factory=dict)
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     online_store: OnlineStoreConfig = field(default_factory=OnlineStoreConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
@@ -222,6 +241,7 @@ def _register() -> None:
     store.store(group="source", name="source_schema", node=SourceConfig)
     store.store(group="catalog", name="catalog_schema", node=CatalogConfig)
     store.store(group="online_store", name="online_store_schema", node=OnlineStoreConfig)
+    store.store(group="registry", name="registry_schema", node=RegistryConfig)
     store.store(group="tracking", name="tracking_schema", node=TrackingConfig)
     store.store(group="ray", name="ray_schema", node=RayConfig)
     store.store(group="quality", name="quality_schema", node=QualityConfig)
@@ -328,6 +348,12 @@ def validate(cfg: PipelineConfig) -> None:
         raise ConfigError(f"config error: {policy_error}")
     if cfg.online_store.type not in ("sqlite", "redis"):
         raise ConfigError(f"config error: online_store.type={cfg.online_store.type!r} must be sqlite or redis")
+    if cfg.registry.type not in ("file", "sql") or (cfg.registry.type == "sql" and not cfg.registry.path):
+        raise ConfigError(f"config error: registry.type={cfg.registry.type!r} must be file, or sql with a path")
+    if cfg.profile == "prod":
+        from pipelines.profiles import check_prod
+
+        check_prod(cfg)
 
 
 def resolved_dict(cfg: PipelineConfig) -> Dict[str, Any]:

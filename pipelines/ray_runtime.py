@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Any, Dict
 
 import ray
 
@@ -23,7 +24,9 @@ def start(cfg: RayConfig) -> None:
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.update(WORKER_ENV)
-    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    # RAY_ADDRESS reaches this through the config (conf/ray/cluster.yaml, the prod profile) and nowhere
+    # else: a local run started from a shell that holds a cluster's environment still runs locally.
+    address = cfg.address
     kwargs = dict(
         include_dashboard=False,
         log_to_driver=False,
@@ -31,7 +34,7 @@ def start(cfg: RayConfig) -> None:
         configure_logging=True,
     )
     if address:
-        ray.init(address=address, **kwargs)
+        ray.init(address=address, runtime_env=runtime_env(cfg), **kwargs)
     else:
         object_store = cfg.object_store_memory_mb * 1024 * 1024 if cfg.object_store_memory_mb else None
         # "local" always starts a fresh runtime: without it ray.init() silently joins any cluster that
@@ -42,6 +45,24 @@ def start(cfg: RayConfig) -> None:
     context.print_on_execution_start = False
     context.enable_operator_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.ERROR)
+
+
+# The packages a worker imports to run this project's tasks (see pyproject.toml's package list).
+SHIPPED_PACKAGES = ("pipelines", "features", "validation", "serving")
+
+
+def runtime_env(cfg: RayConfig) -> Dict[str, Any]:
+    """What a cluster's workers need from this driver: the project's code (uploaded through the cluster,
+    so workers need neither this checkout nor a shared disk; the image provides the dependencies) and the
+    credentials named in `forward_env` that are set here (the driver's environment is their only source)."""
+    import importlib
+
+    env: Dict[str, Any] = {}
+    if cfg.ship_code:
+        env["py_modules"] = [importlib.import_module(name) for name in SHIPPED_PACKAGES]
+    forwarded = {name: os.environ[name] for name in cfg.forward_env if os.environ.get(name)}
+    env["env_vars"] = {**WORKER_ENV, **forwarded}
+    return env
 
 
 def choose_shuffle(cfg: RayConfig, rows: int) -> None:

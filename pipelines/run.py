@@ -21,6 +21,7 @@ from pipelines.errors import ConfigError
 from pipelines.io.lake import Lake
 from pipelines.pii import load_key
 from pipelines.quality import gate as quality_gate
+from pipelines.profiles import require_credentials
 from pipelines.stages import bronze, gold, silver
 from validation import transactions as tx_contract
 from validation import users as users_contract
@@ -31,6 +32,7 @@ COLUMN_KINDS = {"transactions": tx_contract.COLUMN_KINDS, "users": users_contrac
 
 def check_start_up(cfg: PipelineConfig) -> List[FeatureSet]:
     """Everything that can be checked before any work: sources map to contracts, declarations are sound."""
+    require_credentials(cfg)
     for name, source in cfg.sources.items():
         if source.dataset not in COLUMN_KINDS:
             raise ConfigError(f"config error: sources.{name}.dataset={source.dataset!r} has no silver contract "
@@ -130,6 +132,7 @@ def run(cfg: PipelineConfig) -> Dict[str, Any]:
         with stage(ctx, "track"):
             tables = _tables(ctx, cfg, sets)
             tracking.log_params(tracking.flatten("", resolved_dict(cfg), {}))
+            tracking.log_config(resolved_dict(cfg))
             tracking.log_metrics({**ctx.counts, **{f"seconds.{k}": v for k, v in ctx.durations.items()}})
             for identifier, snapshot in ctx.tables_read.items():
                 # a snapshot this run wrote and then read is one dataset: MLflow keeps it once, as written

@@ -33,11 +33,21 @@ def render_feature_store_yaml(cfg: PipelineConfig) -> Path:
     if cfg.online_store.type == "sqlite":
         online: Dict[str, str] = {"type": "sqlite", "path": cfg.online_store.path or str(repo / "online_store.db")}
     else:
-        online = {"type": "redis", "connection_string": cfg.online_store.connection_string or "localhost:6379"}
+        connection = cfg.online_store.connection_string or "localhost:6379"
+        if cfg.online_store.password_env:  # Feast expands ${VAR} when it loads the file: no secret on disk
+            connection += f",password=${{{cfg.online_store.password_env}}}"
+        # skip_dedup: Feast's Redis store otherwise keeps a stored row whose event time is the same as the
+        # new one, so a recomputed as-of day (late events) would never reach Redis. Publish writes gold's
+        # newest row per entity, which is the truth: it must overwrite.
+        online = {"type": "redis", "connection_string": connection, "skip_dedup": True}
+    if cfg.registry.type == "sql":  # shared by every client of the feature store (cache: re-read each minute)
+        registry: Dict[str, object] = {"registry_type": "sql", "path": cfg.registry.path, "cache_ttl_seconds": 60}
+    else:
+        registry = {"registry_type": "file", "path": str(repo / "registry.db")}
     config = {
         "project": PROJECT,
         "provider": "local",
-        "registry": {"registry_type": "file", "path": str(repo / "registry.db")},
+        "registry": registry,
         "offline_store": {"type": "duckdb"},
         "online_store": online,
         "entity_key_serialization_version": 3,
@@ -55,7 +65,9 @@ def gold_source(fs: FeatureSet, cfg: PipelineConfig) -> IcebergSource:
         table=fs.name,
         catalog_type=cfg.catalog.type,
         catalog_name=cfg.catalog.name,
-        catalog_properties={"uri": cfg.catalog.uri, "warehouse": cfg.catalog.warehouse},
+        # the same properties as the pipeline's catalog (object-store endpoint and region included)
+        catalog_properties={"uri": cfg.catalog.uri, "warehouse": cfg.catalog.warehouse,
+                            **{k: str(v) for k, v in cfg.catalog.properties.items() if v not in (None, "")}},
         timestamp_field=fs.as_of_column,
         description=f"gold.{fs.name} in the Iceberg catalog {cfg.catalog.name}",
     )

@@ -109,5 +109,11 @@ def log_params(params: Dict[str, str]) -> None:
         mlflow.log_params(dict(items[start:start + 100]))
 
 
+def log_config(resolved: Dict[str, Any]) -> None:
+    """The resolved config as one artifact (`config.json`): params are flattened and capped in length,
+    this is the exact document. It lands in the experiment's artifact store (object storage in prod)."""
+    mlflow.log_dict(resolved, "config.json")
+
+
 def log_metrics(metrics: Dict[str, float]) -> None:
     mlflow.log_metrics({k.replace(":", "_"): float(v) for k, v in metrics.items()})

@@ -51,7 +51,8 @@ class Lake:
 
     def __init__(self, catalog: CatalogConfig):
         self.name = catalog.name
-        self.properties: Dict[str, str] = {"type": catalog.type, "uri": catalog.uri, "warehouse": catalog.warehouse}
+        self.properties: Dict[str, str] = {"type": catalog.type, "uri": catalog.uri, "warehouse": catalog.warehouse,
+                                           **{k: str(v) for k, v in catalog.properties.items() if v not in (None, "")}}
         self.catalog: Catalog = load_catalog(self.name, **self.properties)
 
     # --- catalog -------------------------------------------------------------------------------
