@@ -110,7 +110,7 @@ def test_iceberg_metadata_in_postgres_and_files_in_the_object_store(prod_run, st
             {"c": catalog_name}).all()
     engine.dispose()
     locations = {f"{ns}.{name}": location for ns, name, location in rows}
-    assert set(locations) == set(summary["tables"])
+    assert set(locations) == set(summary["tables"]) | {"quality.check_results"}  # + the gate's check history
     bucket = stack["MEDALLION_BUCKET"]
     prefix = warehouse[len(f"s3://{bucket}/"):]
     keys = _object_keys(stack, prefix)
@@ -121,16 +121,17 @@ def test_iceberg_metadata_in_postgres_and_files_in_the_object_store(prod_run, st
         table = catalog.load_table(identifier)
         assert table.metadata_location == location
         data_files = [task.file.file_path for task in table.scan().plan_files()]
-        if summary["tables"][identifier]["rows"]:
+        if identifier not in summary["tables"] or summary["tables"][identifier]["rows"]:
             assert data_files, identifier
         for path in data_files:
             assert path.startswith(f"s3://{bucket}/") and path[len(f"s3://{bucket}/"):] in keys, path
             assert path.endswith(".parquet")
-    # the driver's disk holds logs and the rendered Feast config, nothing the data lives in
+    # the driver's disk holds logs, the rendered Feast config and a copy of the quality report (the report
+    # itself is an MLflow artifact), nothing the data lives in
     data_dir = Path(summary["data_dir"])
     files = sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*") if p.is_file())
     assert files and all(f.startswith("logs/") and f.endswith(".jsonl") or f == "feast/feature_store.yaml"
-                         for f in files), files
+                         or f.startswith("reports/") and f.endswith(".html") for f in files), files
 
 
 def test_feast_online_features_are_served_from_redis(prod_run, stack):
@@ -204,7 +205,9 @@ def test_mlflow_run_dataset_inputs_and_artifacts_are_on_the_tracking_server(prod
     engine.dispose()
     assert status == "FINISHED" and inputs == len(named)
     # ...and the run's artifacts in the object store, through the server
-    assert [a.path for a in client.list_artifacts(run_id)] == ["config.json"]
+    assert [a.path for a in client.list_artifacts(run_id)] == ["config.json", "quality"]
+    report = Path(summary["quality"]["report"]).name
+    assert {a.path for a in client.list_artifacts(run_id, "quality")} == {"quality/checks.json", f"quality/{report}"}
     config_keys = [k for k in _object_keys(stack, "mlflow/") if k.endswith(f"{run_id}/artifacts/config.json")]
     assert len(config_keys) == 1
     body = _s3(stack).get_object(Bucket=stack["MEDALLION_BUCKET"], Key=config_keys[0])["Body"].read()
