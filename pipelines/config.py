@@ -51,6 +51,9 @@ class CatalogConfig:
     # pyiceberg and pyarrow take from the environment. Empty values are dropped.
     properties: Dict[str, str] = field(default_factory=dict)
 
+    def extra_properties(self) -> Dict[str, str]:
+        return {k: str(v) for k, v in self.properties.items() if v not in (None, "")}
+
 
 @dataclass
 class OnlineStoreConfig:

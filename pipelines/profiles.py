@@ -30,6 +30,9 @@ def check_prod(cfg: PipelineConfig) -> None:
         problems.append(f"online_store.type={cfg.online_store.type!r} must be redis")
     if cfg.registry.type != "sql":
         problems.append(f"registry.type={cfg.registry.type!r} must be sql (a registry file lives on one disk)")
+    elif not (cfg.registry.path or "").startswith(("postgresql", "mysql")):
+        # e.g. `${catalog.uri}` under catalog=rest is an https:// URL: Feast would fail at publish, late
+        problems.append(f"registry.path={cfg.registry.path!r} must be a database server URI (postgresql://...)")
     if not cfg.tracking.tracking_uri.startswith(("http://", "https://")):
         problems.append(f"tracking.tracking_uri={cfg.tracking.tracking_uri!r} must be an MLflow server (http[s]://)")
     if not cfg.ray.address:
@@ -46,7 +49,8 @@ def check_prod(cfg: PipelineConfig) -> None:
 
 def require_credentials(cfg: PipelineConfig) -> None:
     """Credentials come only from the environment: refuse to start, naming every missing variable."""
-    missing = [name for name in cfg.required_env if not os.environ.get(name)]
+    needed = list(cfg.required_env) + ([cfg.online_store.password_env] if cfg.online_store.password_env else [])
+    missing = [name for name in dict.fromkeys(needed) if not os.environ.get(name)]
     if missing:
         raise ConfigError(f"environment variable(s) {', '.join(missing)} not set: profile={cfg.profile} takes its "
                           f"credentials only from the environment (required_env)")

@@ -23,7 +23,8 @@ def start(cfg: RayConfig) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.update(WORKER_ENV)
+    for name, value in WORKER_ENV.items():
+        os.environ.setdefault(name, value)
     # RAY_ADDRESS reaches this through the config (conf/ray/cluster.yaml, the prod profile) and nowhere
     # else: a local run started from a shell that holds a cluster's environment still runs locally.
     address = cfg.address

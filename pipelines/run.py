@@ -61,8 +61,9 @@ def run(cfg: PipelineConfig) -> Dict[str, Any]:
     run_id = new_run_id(started)
     data_dir = Path(cfg.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / "warehouse").mkdir(exist_ok=True)
-    (data_dir / "mlflow").mkdir(exist_ok=True)
+    if cfg.profile == "local":  # the embedded warehouse and MLflow store live here; prod keeps nothing here
+        (data_dir / "warehouse").mkdir(exist_ok=True)
+        (data_dir / "mlflow").mkdir(exist_ok=True)
     logs.configure(data_dir / "logs" / f"{run_id}.jsonl")
     logs.bind(run_id=run_id, stage="start")
     log = logs.get()
@@ -108,7 +109,7 @@ def run(cfg: PipelineConfig) -> Dict[str, Any]:
                 ctx.digests[f"gold.{fs.name}"] = gold.content_digest(ctx, f"gold.{fs.name}") \
                     if lake.exists(f"gold.{fs.name}") else ""
         gate_result = None
-        refined_now = [quality_gate.Refined(d, list(_source_of(cfg, d).columns), r.bronze_runs)
+        refined_now = [quality_gate.Refined(d, list(_source_of(cfg, d).columns), r.bronze_runs, r.rows_in, r.present)
                        for d, r in refined.items() if r.bronze_runs]
         if refined_now:  # nothing new refined, nothing to judge (and no write to the check history)
             with stage(ctx, "quality"):

@@ -92,6 +92,9 @@ ensure_postgres() {
 fresh_state() {
   # moto keeps objects in memory, so a new object store starts empty: start the databases and the Redis
   # database that point into it empty too, or they would name files that no longer exist.
+  # Dropping databases is for a stand-in on this machine only, never for a server elsewhere.
+  case "$PG_HOST" in 127.0.0.1|localhost|/*) ;; *) die "refusing to reset databases on PGHOST=$PG_HOST (not loopback)";; esac
+  case "$HOST" in 127.0.0.1|localhost) ;; *) die "refusing to flush Redis on $HOST (not loopback)";; esac
   stop_group mlflow
   for db in "$CATALOG_DB" "$MLFLOW_DB" "$APP_DB"; do
     psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null

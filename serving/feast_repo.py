@@ -67,7 +67,7 @@ def gold_source(fs: FeatureSet, cfg: PipelineConfig) -> IcebergSource:
         catalog_name=cfg.catalog.name,
         # the same properties as the pipeline's catalog (object-store endpoint and region included)
         catalog_properties={"uri": cfg.catalog.uri, "warehouse": cfg.catalog.warehouse,
-                            **{k: str(v) for k, v in cfg.catalog.properties.items() if v not in (None, "")}},
+                            **cfg.catalog.extra_properties()},
         timestamp_field=fs.as_of_column,
         description=f"gold.{fs.name} in the Iceberg catalog {cfg.catalog.name}",
     )

@@ -40,3 +40,9 @@ def test_duplicate_column_names(tmp_path):
 def test_corrupt_parquet(tmp_path):
     reason, _ = checked(tmp_path, "a.parquet", b"PAR1 not really parquet")
     assert reason.startswith("cannot read parquet file:")
+
+
+def test_names_schema_evolution_could_not_take(tmp_path):
+    assert checked(tmp_path, "a.csv", b"tx_id,amount,\nt1,1,x\n")[0] == "empty column name at position 3"
+    assert checked(tmp_path, "b.csv", b"tx_id,amount,_run_id\nt1,1,x\n")[0] == \
+        "column name(s) ['_run_id'] are reserved for ingest metadata"

@@ -29,3 +29,12 @@ def failed_rules(schema: pa.DataFrameSchema, frame: pd.DataFrame, rule_order: Se
     joined = cases.groupby("index", sort=False)["check"].agg(RULE_SEPARATOR.join)
     result.loc[joined.index] = joined.to_numpy()
     return result
+
+
+def join_reasons(first: pd.Series, second: pd.Series) -> pd.Series:
+    """Row by row: both reasons joined by ';', or whichever one is there (null when neither)."""
+    first, second = first.astype("object"), second.astype("object").set_axis(first.index)
+    both = first.notna() & second.notna()
+    joined = first.where(first.notna(), second)
+    joined[both] = first[both] + RULE_SEPARATOR + second[both]
+    return joined

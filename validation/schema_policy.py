@@ -15,13 +15,14 @@ row rules quarantine each value that does not parse.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from pipelines.errors import PipelineError
+from validation.rules import RULE_SEPARATOR, join_reasons
 
 POLICIES = ("evolve", "freeze", "discard_row", "discard_value")
 ALLOWED = {"bronze": ("evolve", "freeze", "discard_value"), "silver": POLICIES, "gold": ("evolve", "freeze")}
@@ -72,24 +73,18 @@ def conform(table: pa.Table, expected: Sequence[str], policy: str) -> pa.Table:
 
 
 def row_reasons(frame_columns: Mapping[str, np.ndarray], new: Sequence[str], source_files: np.ndarray,
-                missing_by_file: Mapping[str, Sequence[str]]) -> List[Optional[str]]:
-    """discard_row: per row, the schema reasons it is quarantined for (None when it conforms).
+                missing_by_file: Mapping[str, Sequence[str]]) -> pd.Series:
+    """discard_row: per row, the schema reasons it is quarantined for (null when it conforms).
 
     `frame_columns[c]` holds the values of new column `c` (null = no value); `missing_by_file` names the
     expected columns each source file lacked."""
-    n = len(source_files)
-    reasons: List[List[str]] = [[] for _ in range(n)]
-    for file, missing in missing_by_file.items():
-        if not missing:
-            continue
-        for i in np.flatnonzero(source_files == file):
-            reasons[i].extend(f"missing_column:{c}" for c in missing)
+    missing_text = {f: RULE_SEPARATOR.join(f"missing_column:{c}" for c in cols)
+                    for f, cols in missing_by_file.items() if cols}
+    reasons = pd.Series(source_files, dtype="object").map(missing_text)
     for c in new:
-        values = frame_columns[c]
-        present = ~_is_null(values)
-        for i in np.flatnonzero(present):
-            reasons[i].append(f"unexpected_column:{c}")
-    return [";".join(r) if r else None for r in reasons]
+        present = ~_is_null(frame_columns[c])
+        reasons = join_reasons(reasons, pd.Series(np.where(present, f"unexpected_column:{c}", None), dtype="object"))
+    return reasons
 
 
 def _is_null(values: np.ndarray) -> np.ndarray:

@@ -52,7 +52,7 @@ class Lake:
     def __init__(self, catalog: CatalogConfig):
         self.name = catalog.name
         self.properties: Dict[str, str] = {"type": catalog.type, "uri": catalog.uri, "warehouse": catalog.warehouse,
-                                           **{k: str(v) for k, v in catalog.properties.items() if v not in (None, "")}}
+                                           **catalog.extra_properties()}
         self.catalog: Catalog = load_catalog(self.name, **self.properties)
 
     # --- catalog -------------------------------------------------------------------------------
@@ -188,25 +188,34 @@ class Lake:
     def snapshot_properties(self, identifier: str) -> List[Dict[str, str]]:
         """Summaries of the snapshots in the current snapshot's history, oldest first. Snapshots that a
         rollback (a failed quality gate) took out of the history do not count."""
-        if not self.exists(identifier):
-            return []
-        table = self.table(identifier)
-        current = table.current_snapshot()
-        if current is None:
-            return []
-        history = list(ancestors_of(current, table.metadata))[::-1]
-        return [dict(s.summary.additional_properties) for s in history if s.summary is not None]
+        table = self._load_or_none(identifier)
+        return _history_properties(table) if table is not None else []
 
     def recorded(self, identifier: str, key: str) -> List[Any]:
         """Union of the JSON lists recorded under `key` in the table's snapshot properties, and in the table
         property `recorded.<key>`, where maintenance folds them before it expires old snapshots."""
-        if not self.exists(identifier):
+        table = self._load_or_none(identifier)  # one catalog load: in prod a database query and an S3 read
+        if table is None:
             return []
-        values: List[Any] = json.loads(self.table(identifier).properties.get(f"recorded.{key}", "[]"))
-        for props in self.snapshot_properties(identifier):
+        values: List[Any] = json.loads(table.properties.get(f"recorded.{key}", "[]"))
+        for props in _history_properties(table):
             if key in props:
                 values.extend(json.loads(props[key]))
         return values
+
+    def _load_or_none(self, identifier: str) -> Optional[Table]:
+        try:
+            return self.catalog.load_table(identifier)
+        except NoSuchTableError:
+            return None
+
+
+def _history_properties(table: Table) -> List[Dict[str, str]]:
+    current = table.current_snapshot()
+    if current is None:
+        return []
+    history = list(ancestors_of(current, table.metadata))[::-1]
+    return [dict(s.summary.additional_properties) for s in history if s.summary is not None]
 
 
 def _iceberg_schema(schema: pa.Schema) -> Schema:

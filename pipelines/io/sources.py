@@ -36,6 +36,7 @@ METADATA_FIELDS = [
     pa.field("_run_id", pa.string()),
     pa.field("_row_hash", pa.string()),
 ]
+RESERVED_COLUMNS = {f.name for f in METADATA_FIELDS} | {"_failed_rules"}
 EXTENSIONS = {"csv": (".csv",), "parquet": (".parquet", ".parq")}
 
 
@@ -126,6 +127,11 @@ def check_file(source_path: str, file: SourceFile) -> Tuple[Optional[str], List[
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
         return f"duplicate column name(s) {duplicated}", names
+    if "" in names:  # schema evolution could not name such a column
+        return f"empty column name at position {names.index('') + 1}", names
+    reserved = sorted(set(names) & RESERVED_COLUMNS)
+    if reserved:  # would collide with the ingest metadata bronze adds
+        return f"column name(s) {reserved} are reserved for ingest metadata", names
     return None, names
 
 

@@ -63,6 +63,8 @@ class Refined:
     dataset: str
     columns: List[str]  # the declared source columns
     bronze_runs: List[str]
+    rows: int  # bronze rows refined
+    present: Dict[str, int]  # per declared column, rows with a value (counted while refining)
 
 
 @dataclass
@@ -75,12 +77,6 @@ class GateResult:
 
 
 # --- measuring ------------------------------------------------------------------------------------
-def _present_counts(batch: pd.DataFrame, columns: List[str]) -> pd.DataFrame:
-    present = {c: int((batch[c].notna() & (batch[c].astype("string").str.strip().str.len() > 0)).sum())
-               for c in columns}
-    return pd.DataFrame([{"_rows": len(batch), **present}])
-
-
 def _outside_counts(batch: pd.DataFrame, column: str, low: Optional[float], high: Optional[float]) -> pd.DataFrame:
     values = batch[column].astype("float64")
     outside = np.zeros(len(values), dtype=bool)
@@ -165,12 +161,11 @@ def measure(ctx: RunContext, refined: List[Refined], built: Dict[str, object], s
     report = ReportData(ctx.run_id, True, [])
     for item in refined:
         bronze = f"bronze.{item.dataset}"
-        counts = _sum(ctx, bronze, item.bronze_runs, item.columns, _present_counts, columns=item.columns)
-        rows = int(counts.get("_rows", 0))
+        rows = item.rows
         overrides = q.completeness.columns.get(item.dataset, {})
-        report.null_rates[bronze] = {c: 1 - int(counts.get(c, 0)) / rows if rows else 0.0 for c in item.columns}
+        report.null_rates[bronze] = {c: 1 - item.present[c] / rows if rows else 0.0 for c in item.columns}
         for column in item.columns:
-            report.checks.append(checks.completeness(item.dataset, column, int(counts.get(column, 0)), rows,
+            report.checks.append(checks.completeness(item.dataset, column, item.present[column], rows,
                                                      overrides.get(column, q.completeness.threshold),
                                                      q.completeness.severity))
         units = _units(ctx, item.dataset, item.bronze_runs)

@@ -28,9 +28,11 @@ from pipelines.context import RunContext
 from pipelines.io import sources
 from pipelines.io.lake import TableSpec
 from pipelines.pii import tokenize
+from pipelines.quality.checks import count_present
 from pipelines.stages.bronze import INGESTED_UNITS, pending_runs, silver_extras, table_spec as bronze_spec
 from validation import transactions as tx_contract
 from validation import schema_policy
+from validation.rules import join_reasons
 from validation import users as users_contract
 
 DEDUP_BUCKETS = 16
@@ -46,6 +48,7 @@ class SilverResult:
     first_day: dt.date | None = None  # event days touched by new silver rows
     last_day: dt.date | None = None
     bronze_runs: List[str] = field(default_factory=list)  # the bronze runs refined
+    present: Dict[str, int] = field(default_factory=dict)  # per declared column, refined rows with a value
 
     def as_counts(self, dataset: str) -> Dict[str, int]:
         return {f"{dataset}.bronze_rows_refined": self.rows_in, f"{dataset}.silver_rows_added": self.valid,
@@ -83,6 +86,7 @@ def refine_users(ctx: RunContext, source: SourceConfig, pii_key: bytes) -> Silve
     valid = failures.isna()
     duplicate = valid & typed["user_id"].duplicated(keep="first")
     keep = valid & ~duplicate
+    present = count_present(raw, list(source.columns)).iloc[0].drop("_rows").astype(int).to_dict()  # before tokens
     for column in source.pii:  # raw PII never leaves bronze, quarantine included
         raw[column] = tokenize(raw[column], pii_key)
     silver_rows = pa.table(
@@ -104,7 +108,8 @@ def refine_users(ctx: RunContext, source: SourceConfig, pii_key: bytes) -> Silve
     ctx.wrote(quarantine.identifier, ctx.lake.current_snapshot_id(quarantine.identifier))
     snapshot = ctx.lake.replace_all(silver_rows, silver, ctx.commit_properties(bronze_runs=pending))
     ctx.wrote(silver.identifier, snapshot)
-    result = SilverResult(len(raw), int(keep.sum()), int((~valid).sum()), int(duplicate.sum()), bronze_runs=pending)
+    result = SilverResult(len(raw), int(keep.sum()), int((~valid).sum()), int(duplicate.sum()), bronze_runs=pending,
+                          present=present)
     log.info("silver written", table=silver.identifier, rows=result.valid, quarantined=result.quarantined,
              duplicates=result.duplicates)
     return result
@@ -121,8 +126,7 @@ def _annotate(batch: pd.DataFrame, rules: tx_contract.TransactionRules, schema: 
         new = list(discard_rows["new"])  # type: ignore[arg-type]
         reasons = schema_policy.row_reasons({c: batch[c].to_numpy() for c in new}, new,
                                             batch["_source_file"].to_numpy(), discard_rows["missing_by_file"])  # type: ignore[arg-type]
-        combined = [r if pd.isna(f) else f if r is None else f"{r};{f}" for r, f in zip(reasons, failures.to_numpy())]
-        failures = pd.Series(combined, index=failures.index, dtype="object")
+        failures = join_reasons(reasons.set_axis(failures.index), failures)
     table = pa.Table.from_pandas(batch.reset_index(drop=True)[schema.names[:-1]], schema=pa.schema(list(schema)[:-1]),
                                  preserve_index=False)
     return table.append_column(schema.field("_failed_rules"), pa.array(failures.to_numpy(), pa.string(), from_pandas=True))
@@ -189,6 +193,10 @@ def refine_transactions(ctx: RunContext, source: SourceConfig, known_user_ids: L
         .materialize()
     )
     rows_in = checked.count()
+    # what the quality gate's completeness checks need, counted on the rows already in memory
+    counted = checked.map_batches(count_present, fn_kwargs={"columns": list(source.columns)},
+                                  batch_format="pandas").to_pandas()
+    present = {c: int(counted[c].sum()) for c in source.columns}
     bad = checked.map_batches(_quarantined, fn_kwargs={"schema": quarantine.schema}, batch_format="pandas")
     valid = checked.map_batches(_valid, fn_kwargs={"extras": extras}, batch_format="pandas").materialize()
     n_valid = valid.count()
@@ -217,7 +225,8 @@ def refine_transactions(ctx: RunContext, source: SourceConfig, known_user_ids: L
     ctx.wrote(quarantine.identifier, q_snapshot)
     s_snapshot = ctx.lake.write(deduped, silver, ctx.commit_properties(bronze_runs=pending), overwrite_filter=replaces)
     ctx.wrote(silver.identifier, s_snapshot)
-    result = SilverResult(rows_in, n_silver, rows_in - n_valid, n_valid - n_silver, first_day, last_day, pending)
+    result = SilverResult(rows_in, n_silver, rows_in - n_valid, n_valid - n_silver, first_day, last_day, pending,
+                          present)
     log.info("silver written", table=silver.identifier, rows_in=rows_in, rows=n_silver,
              quarantined=result.quarantined, duplicates=result.duplicates)
     return result

@@ -38,12 +38,19 @@ def _read_env_file(path: Path) -> Dict[str, str]:
     return env
 
 
+OWN_SERVICES = ("s3", "mlflow", "ray-head", "ray-worker-1", "ray-worker-2")  # PostgreSQL and Redis are shared
+
+
 @pytest.fixture(scope="session")
 def stack():
     """The stack's environment (RAY_ADDRESS, AWS_*, MEDALLION_*, MLFLOW_TRACKING_URI, ...)."""
     stack_dir = Path(os.environ.get("MEDALLION_STACK_DIR", "/tmp/medallion-stack"))
-    started_here = subprocess.run([str(STACK), "status"], capture_output=True, text=True).returncode != 0
-    if started_here:
+    status = subprocess.run([str(STACK), "status"], capture_output=True, text=True)
+    # down at the end only if none of the stack's own services ran before: a stack the user or CI started
+    # (even with a node down) stays up
+    own = [line for line in status.stdout.splitlines() if line.split(":")[0] in OWN_SERVICES]
+    started_here = all(line.endswith("stopped") for line in own)
+    if status.returncode != 0:
         up = subprocess.run([str(STACK), "up"], capture_output=True, text=True)
         assert up.returncode == 0, f"could not start the prod stand-in stack: {up.stderr[-2000:]}"
     env = _read_env_file(stack_dir / "env")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pytest
 
+pytestmark = pytest.mark.prod
+
 from pipelines.cli import main
 
 CLOSED = "127.0.0.1:9"  # discard port: nothing listens there
