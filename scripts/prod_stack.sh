@@ -43,8 +43,8 @@ wait_for() {  # wait_for <what> <command...>: poll until the command succeeds (a
   local what="$1"; shift
   for _ in $(seq 1 240); do
     if "$@" >/dev/null 2>&1; then return 0; fi
-    for name in s3 mlflow ray-head ray-worker-1 ray-worker-2; do  # a spawned process that died will not come up
-      if [[ -f "$STACK_DIR/$name.pid" ]] && ! alive "$name"; then
+    for name in "${SPAWNED[@]}"; do  # a process this call spawned that died will not come up
+      if ! alive "$name"; then
         die "$name exited: $(tail -n 3 "$STACK_DIR/$name.log" | tr '\n' ' ')"
       fi
     done
@@ -53,12 +53,29 @@ wait_for() {  # wait_for <what> <command...>: poll until the command succeeds (a
   die "$what did not come up (see $STACK_DIR/*.log)"
 }
 
+SPAWNED=()   # what this invocation started: only these are watched while waiting
+
 alive() { [[ -f "$STACK_DIR/$1.pid" ]] && kill -0 "$(cat "$STACK_DIR/$1.pid")" 2>/dev/null; }
 
 spawn() {  # spawn <name> <command...>: own session (so its process group can be stopped alone), logs, pid
   local name="$1"; shift
   setsid "$@" >"$STACK_DIR/$name.log" 2>&1 < /dev/null &
   echo $! >"$STACK_DIR/$name.pid"
+  SPAWNED+=("$name")
+}
+
+forget_dead() {
+  # pid files of processes that are gone (a stack whose session was killed, not stopped with `down`)
+  # describe nothing: drop them, so they are neither trusted as running nor reported as failed.
+  for name in s3 mlflow ray-head ray-worker-1 ray-worker-2; do
+    if [[ -f "$STACK_DIR/$name.pid" ]] && ! alive "$name"; then rm -f "$STACK_DIR/$name.pid"; fi
+  done
+}
+
+port_free() { ! (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+
+require_ports_free() {  # a port held by something this script did not start: say which, instead of a Ray log
+  for port in "$@"; do port_free "$port" || die "port $port on $HOST is in use by another process (stop it, or set MEDALLION_*_PORT)"; done
 }
 
 stop_group() {  # stop a process started by spawn, with all its children (same process group)
@@ -185,6 +202,10 @@ EOF
 
 up() {
   mkdir -p "$STACK_DIR" "$RAY_TMP"
+  forget_dead
+  alive s3 || require_ports_free "$S3_PORT"
+  alive mlflow || require_ports_free "$MLFLOW_PORT"
+  alive ray-head || require_ports_free "$RAY_PORT" 8390
   ensure_redis
   if ! alive s3; then ensure_postgres_running; fresh_state; fi
   ensure_postgres
