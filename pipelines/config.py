@@ -208,6 +208,7 @@ class PipelineConfig:
     cutoff: str = MISSING  # the run's logical end (exclusive): events after it are quarantined
     pii_key_env: str = "PIPELINE_PII_KEY"
     required_env: List[str] = field(default_factory=list)  # credentials a run refuses to start without
+    lock_wait_seconds: float = 0.0  # how long a run waits for another holding the catalog (0: fail at once)
     sources: Dict[str, SourceConfig] = field(default_factory=dict)
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     online_store: OnlineStoreConfig = field(default_factory=OnlineStoreConfig)
