@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import pyarrow as pa
 import ray
 from pyiceberg.catalog import Catalog, load_catalog
-from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, ValidationException
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
@@ -26,16 +26,22 @@ from pyiceberg.transforms import DayTransform
 from pyiceberg.io.pyarrow import pyarrow_to_schema
 from pyiceberg.table.name_mapping import MappedField, NameMapping
 from ray.data import SaveMode
+from ray.data._internal.datasource.iceberg_datasink import IcebergDatasink  # ray is pinned (constraints.txt)
 
+from pipelines import faults
 from pipelines.config import CatalogConfig
 from pipelines.errors import PipelineError
 
 ROWS_PER_FILE = 1_000_000
-# Snapshot properties that are idempotency records (JSON lists): kept when old snapshots expire.
-RECORDED_KEYS = ("ingested_units", "bronze_runs")
+SQLITE_BUSY_TIMEOUT_MS = 30_000
 TABLE_PROPERTIES = {
     "write.parquet.compression-codec": "zstd",
     "format-version": "2",
+    # A commit that loses an optimistic-concurrency race is retried by pyiceberg: it refreshes the table,
+    # re-validates (an overwrite fails if rows it replaces were added concurrently) and commits again.
+    "commit.retry.num-retries": "4",
+    "commit.retry.min-wait-ms": "100",
+    "commit.retry.max-wait-ms": "5000",
 }
 
 
@@ -46,6 +52,75 @@ class TableSpec:
     day_partition: Optional[str] = None  # timestamp column partitioned by day(...)
 
 
+class CommitConflictError(PipelineError):
+    """Another writer changed a table under this run in a way a retry would silently override."""
+
+
+def _intervening(table: Table, base: Optional[int]) -> Optional[List[Any]]:
+    """Snapshots committed on top of `base`, oldest first; None when `base` is no longer in the current
+    history (someone rolled the table back or replaced it)."""
+    current = table.current_snapshot()
+    if current is None:
+        return [] if base is None else None
+    newer = []
+    for snapshot in ancestors_of(current, table.metadata):
+        if snapshot.snapshot_id == base:
+            return newer[::-1]
+        newer.append(snapshot)
+    return newer[::-1] if base is None else None
+
+
+def _other_writers(table: Table, base: Optional[int], run_id: str) -> str:
+    newer = _intervening(table, base)
+    if newer is None:
+        return "a rollback or replacement of the table"
+    others = []
+    for snapshot in newer:
+        props = dict(snapshot.summary.additional_properties) if snapshot.summary else {}
+        if props.get("run_id") != run_id:
+            operation = snapshot.summary.operation.value if snapshot.summary else "unknown"
+            others.append(f"{'run ' + props['run_id'] if props.get('run_id') else 'another writer'} ({operation}, "
+                          f"snapshot {snapshot.snapshot_id})")
+    return ", ".join(others) or "another writer"
+
+
+def commit_checked(table: Table, commit: Callable[[Table], None], run_id: str, base: Optional[int] = None) -> None:
+    """`commit(table)`, the one place a commit happens. Lost races are retried inside pyiceberg
+    (TABLE_PROPERTIES); what it still refuses, a real conflict or too many lost races, is reported naming
+    the writer that changed the table since `base` (default: the table's current snapshot)."""
+    if base is None and table.current_snapshot() is not None:
+        base = table.current_snapshot().snapshot_id
+    faults.point("before_commit")
+    try:
+        commit(table)
+    except (CommitFailedException, ValidationException) as exc:
+        table = table.refresh()
+        raise CommitConflictError(
+            f"table {'.'.join(table.name()[-2:])} was changed by {_other_writers(table, base, run_id)} while run "
+            f"{run_id} was writing it; nothing of this write was committed, and nothing was overwritten "
+            f"({str(exc).splitlines()[0]})") from None
+    faults.point("after_commit")
+
+
+class _CheckedIcebergSink(IcebergDatasink):
+    """Ray's Iceberg sink, committing through `commit_checked`: a lost race is retried on the refreshed
+    table with the data files the tasks wrote (never rewritten); a conflict is reported against the
+    snapshot the write started from."""
+
+    def __init__(self, run_id: str, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._run_id = run_id
+
+    def on_write_start(self, schema: Any = None) -> None:
+        super().on_write_start(schema)
+        snapshot = self._table.current_snapshot()
+        self._base_snapshot = snapshot.snapshot_id if snapshot else None
+
+    def on_write_complete(self, write_result: Any) -> None:
+        commit_checked(self._table, lambda _table: super(_CheckedIcebergSink, self).on_write_complete(write_result),
+                       self._run_id, base=self._base_snapshot)
+
+
 class Lake:
     """One Iceberg catalog: the tables of every layer live in it, one namespace per layer."""
 
@@ -54,6 +129,8 @@ class Lake:
         self.properties: Dict[str, str] = {"type": catalog.type, "uri": catalog.uri, "warehouse": catalog.warehouse,
                                            **catalog.extra_properties()}
         self.catalog: Catalog = load_catalog(self.name, **self.properties)
+        if catalog.uri.startswith("sqlite"):
+            _sqlite_for_concurrency(self.catalog)
 
     # --- catalog -------------------------------------------------------------------------------
     @property
@@ -155,19 +232,34 @@ class Lake:
         wanted = max(1, -(-rows // ROWS_PER_FILE))
         if ds.num_blocks() > wanted:
             ds = ds.repartition(wanted).materialize()
-        ds.write_iceberg(
-            spec.identifier,
+        # ds.write_iceberg, with our commit step (retries, crash points): the same sink it builds
+        ds.write_datasink(_CheckedIcebergSink(
+            snapshot_properties.get("run_id", ""),
+            table_identifier=spec.identifier,
             catalog_kwargs=self.ray_catalog_kwargs,
             snapshot_properties=snapshot_properties,
             mode=SaveMode.OVERWRITE if overwrite_filter is not None else SaveMode.APPEND,
             overwrite_filter=overwrite_filter,
-        )
+        ))
         return self.current_snapshot_id(spec.identifier)
 
     def replace_all(self, data: pa.Table, spec: TableSpec, snapshot_properties: Dict[str, str]) -> Optional[int]:
         """Replace the whole content of a small table (a dimension) in one commit."""
-        table = self.ensure(spec)
-        table.overwrite(data.cast(spec.schema), snapshot_properties=snapshot_properties)
+        return self.commit_arrow(data, spec, snapshot_properties, AlwaysTrue())
+
+    def commit_arrow(self, data: pa.Table, spec: TableSpec, snapshot_properties: Dict[str, str],
+                     overwrite_filter: Optional[BooleanExpression] = None) -> Optional[int]:
+        """A small write from the driver in one commit: append `data`, or replace the rows matching
+        `overwrite_filter` by it (commit_checked)."""
+        data = data.cast(spec.schema)
+
+        def commit(table: Table) -> None:
+            if overwrite_filter is None:
+                table.append(data, snapshot_properties=snapshot_properties)
+            else:
+                table.overwrite(data, overwrite_filter=overwrite_filter, snapshot_properties=snapshot_properties)
+
+        commit_checked(self.ensure(spec), commit, snapshot_properties.get("run_id", ""))
         return self.current_snapshot_id(spec.identifier)
 
     # --- metadata ------------------------------------------------------------------------------
@@ -208,6 +300,23 @@ class Lake:
             return self.catalog.load_table(identifier)
         except NoSuchTableError:
             return None
+
+
+def _sqlite_for_concurrency(catalog: Catalog) -> None:
+    """WAL lets readers (Ray tasks loading table metadata, `medallion config`, a second run waiting for the
+    lock) proceed while a commit writes; the busy timeout makes a writer wait for another's short
+    transaction instead of failing at once with "database is locked"."""
+    import sqlalchemy
+
+    engine = catalog.engine  # type: ignore[attr-defined]
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:  # every new pooled connection
+        dbapi_connection.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+
+    with engine.connect() as connection:  # WAL is a property of the database file: set once, kept
+        connection.exec_driver_sql("PRAGMA journal_mode = WAL")
+        connection.exec_driver_sql(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")  # pooled before the listener
 
 
 def _history_properties(table: Table) -> List[Dict[str, str]]:
