@@ -7,6 +7,7 @@ no new input writes nothing, and running it after new files arrive processes onl
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,10 +15,10 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from features.declarations import FeatureSet, validate as validate_declaration
 from features.registry import feature_sets
-from pipelines import logs, ray_runtime
+from pipelines import faults, logs, ray_runtime, run_lock, run_state
 from pipelines.config import PipelineConfig, parse_utc, resolved_dict
 from pipelines.context import RunContext, code_version, config_hash, new_run_id
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, PipelineError
 from pipelines.io.lake import Lake
 from pipelines.pii import load_key
 from pipelines.quality import gate as quality_gate
@@ -69,14 +70,26 @@ def run(cfg: PipelineConfig) -> Dict[str, Any]:
     log = logs.get()
     pii_key = load_key(cfg.pii_key_env, cfg.profile, data_dir, log.warning)
     log.info("run started", data_dir=str(data_dir), feature_sets=[fs.name for fs in sets])
+    with run_lock.hold(cfg.catalog, run_id, "run", cfg.lock_wait_seconds):
+        return _locked_run(cfg, sets, run_id, started, pii_key)
+
+
+def _locked_run(cfg: PipelineConfig, sets: List[FeatureSet], run_id: str, started: dt.datetime,
+                pii_key: bytes) -> Dict[str, Any]:
+    log = logs.get()
+    data_dir = Path(cfg.data_dir)
     lake = Lake(cfg.catalog)
     ctx = RunContext(cfg, lake, run_id, started, code_version(), config_hash(cfg))
     with stage(ctx, "plan"):  # every source is checked before anything is written
         plans = {name: bronze.plan(ctx, name, source) for name, source in cfg.sources.items()}
         for fs in sets:
             gold.check_schema(ctx, fs)
-    # The gate rolls these back to where they were if the run's data fails a blocking check.
-    before = {identifier: lake.current_snapshot_id(identifier) for identifier in _run_tables(cfg, sets)}
+    # From here on tables change: the open-run record lets a rerun after a crash resume this run, and
+    # holds what the gate rolls the tables back to if the data fails a blocking check.
+    open_run = run_state.begin(lake, run_id, _run_tables(cfg, sets))
+    if open_run.interrupted:
+        log.warning("resuming interrupted run(s)", interrupted=open_run.interrupted)
+    faults.point("planned")
     ray_runtime.start(cfg.ray)
 
     from serving import publish as publishing
@@ -85,11 +98,16 @@ def run(cfg: PipelineConfig) -> Dict[str, Any]:
     with tracking.tracked_run(cfg.tracking.tracking_uri, cfg.tracking.experiment, cfg.tracking.artifact_location,
                               run_name=run_id, tags={"pipeline_run_id": run_id,
                                                      "code_version": ctx.code_version}) as mlflow_run_id:
+        tracking.mark_killed(open_run.interrupted, run_id)
         with stage(ctx, "ingest"):
             for name, source in cfg.sources.items():
                 result = bronze.ingest(ctx, name, source, plans[name])
-                ctx.counts[f"{source.dataset}.bronze_rows_ingested"] = result.rows
-                ctx.counts[f"{source.dataset}.units_ingested"] = len(result.units)
+                resumed = run_state.commits_by(lake, f"bronze.{source.dataset}", open_run.interrupted)
+                ctx.counts[f"{source.dataset}.bronze_rows_ingested"] = result.rows + sum(
+                    int(p.get("added-records", 0)) for p in resumed)
+                ctx.counts[f"{source.dataset}.units_ingested"] = len(result.units) + sum(
+                    len(json.loads(p.get(bronze.INGESTED_UNITS, "[]"))) for p in resumed)
+        faults.point("ingested")
         with stage(ctx, "refine"):
             refined: Dict[str, silver.SilverResult] = {}
             for name, source in cfg.sources.items():
@@ -100,20 +118,31 @@ def run(cfg: PipelineConfig) -> Dict[str, Any]:
                 if source.dataset == "transactions":
                     refined["transactions"] = silver.refine_transactions(ctx, source, known)
             for dataset, result in refined.items():
+                for record in run_state.refined_by(lake, dataset, open_run.interrupted):
+                    result.absorb(record, record["bronze_runs"])
                 ctx.counts.update(result.as_counts(dataset))
+        faults.point("refined")
         built: Dict[str, gold.GoldResult] = {}
         with stage(ctx, "build"):
             for fs in sets:
                 built[fs.name] = gold.build(ctx, fs)
+                gold.absorb(built[fs.name], run_state.commits_by(lake, f"gold.{fs.name}", open_run.interrupted))
                 ctx.counts[f"{fs.name}.gold_rows_written"] = built[fs.name].rows_written
                 ctx.digests[f"gold.{fs.name}"] = gold.content_digest(ctx, f"gold.{fs.name}") \
                     if lake.exists(f"gold.{fs.name}") else ""
+        faults.point("built")
         gate_result = None
         refined_now = [quality_gate.Refined(d, list(_source_of(cfg, d).columns), r.bronze_runs, r.rows_in, r.present)
                        for d, r in refined.items() if r.bronze_runs]
         if refined_now:  # nothing new refined, nothing to judge (and no write to the check history)
             with stage(ctx, "quality"):
-                gate_result = quality_gate.run_gate(ctx, refined_now, built, sets, before)
+                try:
+                    gate_result = quality_gate.run_gate(ctx, refined_now, built, sets, open_run.before,
+                                                        open_run.run_ids)
+                except quality_gate.QualityGateError:
+                    run_state.end(lake)  # rolled back: the tables are as before the run(s), consistently
+                    raise
+        faults.point("gated")
         with stage(ctx, "publish"):
             store = publishing.open_store(cfg)
             publishing.apply(store, sets, cfg)
@@ -129,11 +158,17 @@ def run(cfg: PipelineConfig) -> Dict[str, Any]:
                 if result.mismatches:
                     raise RuntimeError(f"online/offline check failed for {fs.name}: "
                                        f"{result.mismatches} mismatching values in {result.checked} entities")
+                faults.point("published_one")
             log.info("published", feature_sets=[r.feature_set for r in published])
         with stage(ctx, "track"):
             tables = _tables(ctx, cfg, sets)
+            for identifier in _run_tables(cfg, sets):  # what interrupted runs committed is this run's output too
+                last = run_state.commits_by(lake, identifier, open_run.interrupted)
+                if last and identifier not in ctx.tables_written and identifier in tables:
+                    ctx.wrote(identifier, tables[identifier]["snapshot_id"])
             tracking.log_params(tracking.flatten("", resolved_dict(cfg), {}))
             tracking.log_config(resolved_dict(cfg))
+            faults.point("tracking")
             tracking.log_metrics({**ctx.counts, **{f"seconds.{k}": v for k, v in ctx.durations.items()}})
             for identifier, snapshot in ctx.tables_read.items():
                 # a snapshot this run wrote and then read is one dataset: MLflow keeps it once, as written
@@ -142,6 +177,7 @@ def run(cfg: PipelineConfig) -> Dict[str, Any]:
             for identifier, snapshot in ctx.tables_written.items():
                 tracking.log_table(lake.name, lake.properties, identifier, snapshot, "written",
                                    ctx.digests.get(identifier))
+    run_state.end(lake)
     new_data = bool(ctx.tables_written)
     if not new_data:
         log.info("no new data: nothing was written")
@@ -149,6 +185,7 @@ def run(cfg: PipelineConfig) -> Dict[str, Any]:
         "run_id": run_id,
         "status": "succeeded",
         "new_data": new_data,
+        "resumed": open_run.interrupted,
         "data_dir": str(data_dir),
         "catalog": {"name": lake.name, "properties": lake.properties},
         "tables": tables,
@@ -199,10 +236,16 @@ def maintain(cfg: PipelineConfig, erase: Optional[Tuple[str, str]] = None) -> Di
     run_id = new_run_id(started)
     logs.configure(data_dir / "logs" / f"{run_id}.jsonl")
     logs.bind(run_id=run_id, stage="erase" if erase else "maintain")
-    lake = Lake(cfg.catalog)
-    if erase:
-        return {"run_id": run_id, "erased": maintenance.erase(cfg, lake, *erase)}
-    reference = parse_utc(cfg.retention.reference) if cfg.retention.reference else started
-    retention = maintenance.apply_retention(cfg, lake, reference)
-    cleaned = maintenance.clean_up(lake, cfg.retention.orphan_min_age_hours * 3600)
-    return {"run_id": run_id, "retention": retention, "clean_up": cleaned}
+    command = "erase" if erase else "maintain"
+    with run_lock.hold(cfg.catalog, run_id, command, cfg.lock_wait_seconds):
+        lake = Lake(cfg.catalog)
+        interrupted = run_state.open_run_ids(lake)
+        if interrupted:  # its rollback targets are old snapshots that expiry would delete
+            raise PipelineError(f"run {interrupted[-1]} was interrupted and is not finished: `medallion run` "
+                                f"resumes it; {command} refuses to change the tables until then")
+        if erase:
+            return {"run_id": run_id, "erased": maintenance.erase(cfg, lake, *erase)}
+        reference = parse_utc(cfg.retention.reference) if cfg.retention.reference else started
+        retention = maintenance.apply_retention(cfg, lake, reference)
+        cleaned = maintenance.clean_up(lake, cfg.retention.orphan_min_age_hours * 3600)
+        return {"run_id": run_id, "retention": retention, "clean_up": cleaned}

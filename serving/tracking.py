@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, List, Optional
 from urllib.parse import parse_qs, urlparse
 
 import mlflow
@@ -117,3 +117,18 @@ def log_config(resolved: Dict[str, Any]) -> None:
 
 def log_metrics(metrics: Dict[str, float]) -> None:
     mlflow.log_metrics({k.replace(":", "_"): float(v) for k, v in metrics.items()})
+
+
+def mark_killed(pipeline_run_ids: List[str], resumed_by: str) -> None:
+    """MLflow runs of interrupted pipeline runs (they died RUNNING) end as KILLED, tagged with the run
+    that resumed them, so the tracking UI does not show them running forever."""
+    if not pipeline_run_ids:
+        return
+    client = mlflow.MlflowClient()
+    found = [run for pipeline_run_id in pipeline_run_ids  # tag filters take `=`, not IN
+             for run in mlflow.search_runs(filter_string=f"tags.pipeline_run_id = '{pipeline_run_id}'",
+                                           output_format="list", search_all_experiments=True)]
+    for run in found:
+        if run.info.status == RunStatus.to_string(RunStatus.RUNNING):
+            client.set_tag(run.info.run_id, "resumed_by", resumed_by)
+            client.set_terminated(run.info.run_id, status=RunStatus.to_string(RunStatus.KILLED))

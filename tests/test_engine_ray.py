@@ -57,3 +57,30 @@ def test_ray_path_equals_pandas_path_for_any_block_count(ray_session, name, seed
         assert got.equals(expected), (blocks, partitions)
         digests.add(table_digest(got))
     assert len(digests) == 1 and len(expected) > 0
+
+
+def test_a_worker_killed_mid_transform_is_retried_by_ray_and_the_result_is_exact(ray_session, tmp_path):
+    """The first task to run the transform kills its own worker process (SIGKILL, as the OOM killer
+    would); Ray retries the task on a new worker and the gold rows equal the pandas path's exactly."""
+    import os
+    import signal
+
+    fs = feature_set("user_spend_daily")
+    table = random_events(2000, seed=11)
+    first, last = dt.date(2026, 2, 2), dt.date(2026, 3, 13)
+    events, scales = events_from_arrow(table)
+    expected = to_arrow(build_features(events, fs, first, last, None, scales), fs)
+    marker = tmp_path / "a-worker-was-killed"
+
+    def kill_first_worker(batch: pa.Table) -> pa.Table:
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL))  # exactly one task, across worker processes
+        except FileExistsError:
+            return batch
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    ds = ray.data.from_arrow(table).repartition(4).map_batches(kill_first_worker, batch_format="pyarrow")
+    got = pa.Table.from_pandas(compute_on_ray(ds, fs, first, last, None, 3).to_pandas(), preserve_index=False)
+    got = got.cast(expected.schema).sort_by([(fs.entity.join_key, "ascending"), ("as_of", "ascending")])
+    assert marker.exists()  # the kill happened
+    assert got.equals(expected) and len(expected) > 0

@@ -199,14 +199,15 @@ def measure(ctx: RunContext, refined: List[Refined], built: Dict[str, object], s
 
 
 # --- recording, alerting, rolling back --------------------------------------------------------------
-def record(ctx: RunContext, report: ReportData) -> None:
+def record(ctx: RunContext, report: ReportData, run_ids: Sequence[str] = ()) -> None:
+    """Append the verdict; with `run_ids` (a resumed run's chain), replace what those runs recorded."""
     now = dt.datetime.now(dt.timezone.utc)
     rows = pa.Table.from_pylist([
         {"run_id": ctx.run_id, "checked_at": now, "gate_passed": report.passed, "name": c.name, "kind": c.kind,
          "table": c.table, "value": c.value, "threshold": c.threshold, "severity": c.severity, "passed": c.passed,
          "detail": c.detail} for c in report.checks], schema=HISTORY.schema)
-    table = ctx.lake.ensure(HISTORY)
-    table.append(rows, snapshot_properties=ctx.commit_properties())
+    ctx.lake.commit_arrow(rows, HISTORY, ctx.commit_properties(),
+                          In("run_id", list(run_ids)) if len(run_ids) > 1 else None)
 
 
 def alert(ctx: RunContext, failed: List[CheckResult]) -> int:
@@ -250,13 +251,13 @@ def roll_back(ctx: RunContext, before: Dict[str, Optional[int]]) -> List[str]:
 
 
 def run_gate(ctx: RunContext, refined: List[Refined], built: Dict[str, object], sets: List[FeatureSet],
-             before: Dict[str, Optional[int]]) -> GateResult:
+             before: Dict[str, Optional[int]], run_ids: Sequence[str] = ()) -> GateResult:
     """Measure, record, report (file + MLflow artifact), alert; on a blocking failure roll back and raise."""
     import mlflow
 
     log = logs.get()
     report = measure(ctx, refined, built, sets, before)
-    record(ctx, report)
+    record(ctx, report, run_ids)
     report_path = Path(ctx.cfg.data_dir) / "reports" / f"{ctx.run_id}.html"
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(render_report(report), encoding="utf-8")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -101,6 +101,19 @@ def compute_on_ray(events: ray.data.Dataset, fs: FeatureSet, first: dt.date, las
         .map_groups(_compute_group, fn_kwargs={"fs_name": fs.name, "first": first, "last": last,
                                                "entities": entities}, batch_format="pyarrow")
     )
+
+
+def absorb(result: GoldResult, commits: List[Dict[str, str]]) -> None:
+    """Widen `result` by the gold commits of interrupted runs (run_state): publish and the gate then cover
+    the as-of days those runs recomputed too. An overwrite is two snapshots (delete, append) with the same
+    properties; the rows written are the append's."""
+    for props in commits:
+        if "as_of_first" not in props:
+            continue
+        first, last = dt.date.fromisoformat(props["as_of_first"]), dt.date.fromisoformat(props["as_of_last"])
+        result.first_as_of = min(first, result.first_as_of) if result.first_as_of else first
+        result.last_as_of = max(last, result.last_as_of) if result.last_as_of else last
+        result.rows_written += int(props.get("added-records", 0))
 
 
 def check_schema(ctx: RunContext, fs: FeatureSet) -> None:

@@ -50,6 +50,27 @@ class SilverResult:
     bronze_runs: List[str] = field(default_factory=list)  # the bronze runs refined
     present: Dict[str, int] = field(default_factory=dict)  # per declared column, refined rows with a value
 
+    def record(self) -> Dict[str, object]:
+        """What the silver commit records about itself (a resumed run reads it back: run_state)."""
+        return {"rows_in": self.rows_in, "valid": self.valid, "quarantined": self.quarantined,
+                "duplicates": self.duplicates, "present": self.present,
+                "first_day": self.first_day.isoformat() if self.first_day else None,
+                "last_day": self.last_day.isoformat() if self.last_day else None}
+
+    def absorb(self, record: Dict[str, object], bronze_runs: List[str]) -> None:
+        """Add the work an interrupted run committed (its silver commit's `record()`) to this result."""
+        self.rows_in += int(record["rows_in"])  # type: ignore[arg-type]
+        self.valid += int(record["valid"])  # type: ignore[arg-type]
+        self.quarantined += int(record["quarantined"])  # type: ignore[arg-type]
+        self.duplicates += int(record["duplicates"])  # type: ignore[arg-type]
+        for column, count in dict(record["present"]).items():  # type: ignore[call-overload]
+            self.present[column] = self.present.get(column, 0) + int(count)
+        days = [d for d in (self.first_day, self.last_day) if d is not None] + \
+            [dt.date.fromisoformat(str(d)) for d in (record["first_day"], record["last_day"]) if d]
+        if days:
+            self.first_day, self.last_day = min(days), max(days)
+        self.bronze_runs = list(bronze_runs) + [r for r in self.bronze_runs if r not in bronze_runs]
+
     def as_counts(self, dataset: str) -> Dict[str, int]:
         return {f"{dataset}.bronze_rows_refined": self.rows_in, f"{dataset}.silver_rows_added": self.valid,
                 f"{dataset}.quarantined": self.quarantined, f"{dataset}.duplicates_dropped": self.duplicates}
@@ -101,15 +122,14 @@ def refine_users(ctx: RunContext, source: SourceConfig, pii_key: bytes) -> Silve
         schema=silver.schema,
     ).sort_by("user_id")
     bad = raw.loc[~valid].assign(_failed_rules=failures[~valid])
-    ctx.lake.ensure(quarantine)
-    q_table = ctx.lake.table(quarantine.identifier)
-    q_table.overwrite(pa.Table.from_pandas(bad[quarantine.schema.names], schema=quarantine.schema, preserve_index=False),
-                      overwrite_filter=In("_run_id", pending), snapshot_properties=ctx.commit_properties())
-    ctx.wrote(quarantine.identifier, ctx.lake.current_snapshot_id(quarantine.identifier))
-    snapshot = ctx.lake.replace_all(silver_rows, silver, ctx.commit_properties(bronze_runs=pending))
-    ctx.wrote(silver.identifier, snapshot)
+    q_rows = pa.Table.from_pandas(bad[quarantine.schema.names], schema=quarantine.schema, preserve_index=False)
+    ctx.wrote(quarantine.identifier, ctx.lake.commit_arrow(q_rows, quarantine, ctx.commit_properties(),
+                                                          overwrite_filter=In("_run_id", pending)))
     result = SilverResult(len(raw), int(keep.sum()), int((~valid).sum()), int(duplicate.sum()), bronze_runs=pending,
                           present=present)
+    snapshot = ctx.lake.replace_all(silver_rows, silver, ctx.commit_properties(bronze_runs=pending,
+                                                                                refined=result.record()))
+    ctx.wrote(silver.identifier, snapshot)
     log.info("silver written", table=silver.identifier, rows=result.valid, quarantined=result.quarantined,
              duplicates=result.duplicates)
     return result
@@ -223,10 +243,11 @@ def refine_transactions(ctx: RunContext, source: SourceConfig, known_user_ids: L
     ctx.lake.ensure(silver, evolve=True)
     q_snapshot = ctx.lake.write(bad, quarantine, ctx.commit_properties(), overwrite_filter=replaces)
     ctx.wrote(quarantine.identifier, q_snapshot)
-    s_snapshot = ctx.lake.write(deduped, silver, ctx.commit_properties(bronze_runs=pending), overwrite_filter=replaces)
-    ctx.wrote(silver.identifier, s_snapshot)
     result = SilverResult(rows_in, n_silver, rows_in - n_valid, n_valid - n_silver, first_day, last_day, pending,
                           present)
+    s_snapshot = ctx.lake.write(deduped, silver, ctx.commit_properties(bronze_runs=pending, refined=result.record()),
+                                overwrite_filter=replaces)
+    ctx.wrote(silver.identifier, s_snapshot)
     log.info("silver written", table=silver.identifier, rows_in=rows_in, rows=n_silver,
              quarantined=result.quarantined, duplicates=result.duplicates)
     return result
