@@ -11,7 +11,7 @@ import datetime as dt
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
@@ -87,6 +87,9 @@ class RayConfig:
     # Ray Data's shuffle for group-bys: auto | sort_shuffle_pull_based | hash_shuffle (see ray_runtime)
     shuffle_strategy: str = "auto"
     hash_shuffle_from_rows: int = 2_000_000
+    # Inputs up to this many rows are deduplicated (silver) and computed (gold) on the driver, with the
+    # same pure functions the Ray tasks run: below it Ray's per-task overhead dominates. 0: always Ray.
+    local_max_rows: int = 500_000
     # Joining a cluster: ship this project's packages to the workers (Ray runtime env py_modules), and
     # forward these environment variables (when set on the driver) so workers reach the object store and
     # databases with the driver's credentials.
@@ -184,6 +187,22 @@ class RetentionConfig:
 
 
 @dataclass
+class BackfillConfig:
+    """`medallion backfill`: the interval of event days [start, end) to rebuild, or one calendar month
+    (`month=2026-03`), which is how a Hydra multirun splits a long backfill into independent chunks."""
+
+    start: Optional[str] = None  # YYYY-MM-DD, inclusive
+    end: Optional[str] = None  # YYYY-MM-DD, exclusive
+    month: Optional[str] = None  # YYYY-MM: start and end are that month's first days
+
+    def interval(self) -> Tuple[dt.date, dt.date]:
+        if self.month:
+            first = dt.date.fromisoformat(f"{self.month}-01")
+            return first, (first + dt.timedelta(days=32)).replace(day=1)
+        return dt.date.fromisoformat(str(self.start)), dt.date.fromisoformat(str(self.end))
+
+
+@dataclass
 class FeaturesConfig:
     sets: List[str] = MISSING
 
@@ -218,6 +237,7 @@ class PipelineConfig:
     quality: QualityConfig = field(default_factory=QualityConfig)
     schema_policy: SchemaPolicyConfig = field(default_factory=SchemaPolicyConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    backfill: BackfillConfig = field(default_factory=BackfillConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
@@ -297,6 +317,16 @@ def validate(cfg: PipelineConfig) -> None:
         cfg.cutoff_ts
     except ValueError:
         raise ConfigError(f"config error: cutoff={cfg.cutoff!r} is not an ISO-8601 timestamp") from None
+    backfill = cfg.backfill
+    if backfill.month or backfill.start or backfill.end:
+        try:
+            start, end = backfill.interval()
+        except (TypeError, ValueError):
+            raise ConfigError("config error: backfill needs backfill.start and backfill.end as YYYY-MM-DD, or "
+                              f"backfill.month as YYYY-MM (got start={backfill.start!r}, end={backfill.end!r}, "
+                              f"month={backfill.month!r})") from None
+        if start >= end:
+            raise ConfigError(f"config error: backfill.start={start} must be before backfill.end={end}")
     if cfg.profile not in ("local", "prod"):
         raise ConfigError(f"config error: profile={cfg.profile!r} must be local or prod")
     for name, source in cfg.sources.items():

@@ -44,9 +44,12 @@ def _run(data_dir: Path, sample_dir: Path, ray_address: str, crash_at: str | Non
     env.pop("MEDALLION_CRASH_AT", None)
     if crash_at:
         env["MEDALLION_CRASH_AT"] = crash_at
+    # one MLflow store for all of them: a new SQLite store spends seconds creating its schema
+    tracking = sample_dir.parent / "mlflow"
     return subprocess.run(
         [sys.executable, "-m", "pipelines", "run", f"data_dir={data_dir}", *SMALL,
-         f"sample.output_dir={sample_dir}", f"ray.address={ray_address}"],
+         f"sample.output_dir={sample_dir}", f"ray.address={ray_address}",
+         f"tracking.tracking_uri=sqlite:///{tracking}/mlflow.db", f"tracking.artifact_location=file://{tracking}/artifacts"],
         env=env, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
 
 
@@ -109,6 +112,7 @@ def reference(tmp_path_factory, ray_session):
 
     root = tmp_path_factory.mktemp("crash")
     sample_dir = root / "sample"
+    (root / "mlflow").mkdir()
     generate(small_config(root / "ref", f"sample.output_dir={sample_dir}").sample)
     address = ray.get_runtime_context().gcs_address
     summary = _summary(_run(root / "ref", sample_dir, address))

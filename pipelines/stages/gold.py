@@ -12,6 +12,7 @@ commit. A changed declaration (different gold columns) rebuilds the table from s
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -66,19 +67,35 @@ def silver_day_range(ctx: RunContext, identifier: str) -> Optional[Tuple[dt.date
 
 
 def _changed_days(ctx: RunContext, silver_id: str, runs: List[str]) -> Optional[Tuple[dt.date, dt.date]]:
+    """Event days of the silver rows of these bronze runs: from the silver commits' `refined` records
+    (no data read); from the rows themselves for commits without one."""
+    days, covered = [], set()
+    for props in ctx.lake.snapshot_properties(silver_id):
+        consumed = set(json.loads(props.get("bronze_runs", "[]"))) & set(runs)
+        if consumed and "refined" in props:
+            record = json.loads(props["refined"])
+            covered |= consumed
+            days += [dt.date.fromisoformat(record[k]) for k in ("first_day", "last_day") if record.get(k)]
+    if covered >= set(runs):
+        return (min(days), max(days)) if days else None
     ds = ctx.lake.read_ray(silver_id, In("_run_id", runs), ["ts"])
     if ds.count() == 0:
         return None
     return ds.min("ts").date(), ds.max("ts").date()
 
 
-def _compute_group(group: pa.Table, fs_name: str, first: dt.date, last: dt.date,
-                   entities: Optional[pd.DataFrame]) -> pa.Table:
-    fs = feature_set(fs_name)
-    events, scales = events_from_arrow(group.drop_columns(["_bucket"]))
+def compute_local(events_table: pa.Table, fs: FeatureSet, first: dt.date, last: dt.date,
+                  entities: Optional[pd.DataFrame]) -> pa.Table:
+    """Gold rows for as-of days [first, last] from these events, validated against the gold contract."""
+    events, scales = events_from_arrow(events_table)
     frame = build_features(events, fs, first, last, entities, scales)
     gold_contract(fs).validate(frame)
     return to_arrow(frame, fs)
+
+
+def _compute_group(group: pa.Table, fs_name: str, first: dt.date, last: dt.date,
+                   entities: Optional[pd.DataFrame]) -> pa.Table:
+    return compute_local(group.drop_columns(["_bucket"]), feature_set(fs_name), first, last, entities)
 
 
 def _with_bucket(batch: pa.Table, key: str, partitions: int) -> pa.Table:
@@ -162,19 +179,7 @@ def build(ctx: RunContext, fs: FeatureSet) -> GoldResult:
     ctx.read(silver_id)
     if first is None or first > last:  # the pending runs added no silver rows: gold is unchanged
         return result
-    needed = [fs.entity.join_key, fs.timestamp_column] + sorted(
-        {a.column for a in fs.aggregations if a.column} | {a.where.column for a in fs.aggregations if a.where}
-        - {fs.entity.join_key, fs.timestamp_column}
-    )
-    events = ctx.lake.read_ray(silver_id, _ts_range(fs.timestamp_column, first - window * DAY, last), needed)
-    entities = None
-    if fs.attributes:
-        entity_id = f"silver.{fs.entity_table}"
-        ctx.read(entity_id)
-        columns = [fs.entity.join_key] + sorted({a.column for a in fs.attributes})
-        entities = ctx.lake.read_arrow(entity_id, columns=columns).to_pandas()
-    ray_runtime.choose_shuffle(ctx.cfg.ray, ctx.lake.row_count(silver_id))
-    gold = compute_on_ray(events, fs, first, last, entities, ctx.cfg.ray.gold_partitions).materialize()
+    gold = _compute(ctx, fs, first, last)
     result.rows_written = gold.count()
     replaces = (col(fs.as_of_column) >= _midnight(first)) & (col(fs.as_of_column) <= _midnight(last))
     snapshot = ctx.lake.write(gold, spec, ctx.commit_properties(bronze_runs=pending, as_of_first=str(first),
@@ -185,6 +190,74 @@ def build(ctx: RunContext, fs: FeatureSet) -> GoldResult:
     log.info("gold written", table=spec.identifier, rows=result.rows_written, as_of_first=str(first),
              as_of_last=str(last), full_rebuild=full)
     return result
+
+
+def _compute(ctx: RunContext, fs: FeatureSet, first: dt.date, last: dt.date) -> ray.data.Dataset:
+    """Gold rows for as-of days [first, last] from silver (materialized): on the driver for small inputs,
+    hash-partitioned on Ray otherwise."""
+    silver_id = f"silver.{fs.source_table}"
+    window = fs.max_window_days()
+    needed = [fs.entity.join_key, fs.timestamp_column] + sorted(
+        {a.column for a in fs.aggregations if a.column} | {a.where.column for a in fs.aggregations if a.where}
+        - {fs.entity.join_key, fs.timestamp_column}
+    )
+    events_filter = _ts_range(fs.timestamp_column, first - window * DAY, last)
+    entities = None
+    if fs.attributes:
+        entity_id = f"silver.{fs.entity_table}"
+        ctx.read(entity_id)
+        columns = [fs.entity.join_key] + sorted({a.column for a in fs.attributes})
+        entities = ctx.lake.read_arrow(entity_id, columns=columns).to_pandas()
+    silver_rows = ctx.lake.row_count(silver_id)
+    if silver_rows <= ctx.cfg.ray.local_max_rows:  # small: the engine on the driver, no shuffle
+        events = ctx.lake.read_arrow(silver_id, events_filter, needed)
+        return ray.data.from_arrow(compute_local(events, fs, first, last, entities))
+    ray_runtime.choose_shuffle(ctx.cfg.ray, silver_rows)
+    events = ctx.lake.read_ray(silver_id, events_filter, needed)
+    return compute_on_ray(events, fs, first, last, entities, ctx.cfg.ray.gold_partitions).materialize()
+
+
+def rebuild(ctx: RunContext, fs: FeatureSet, start: dt.date, end: dt.date) -> GoldResult:
+    """Backfill: recompute the as-of days that silver events on days [start, end) feed, and replace them in
+    one commit, unless the recomputed rows equal what gold holds (then nothing is written)."""
+    log = logs.get().bind(feature_set=fs.name)
+    spec = table_spec(fs)
+    silver_id = f"silver.{fs.source_table}"
+    result = GoldResult(spec.identifier)
+    data_days = silver_day_range(ctx, silver_id)
+    if data_days is None or not ctx.lake.exists(spec.identifier):
+        log.info("nothing to backfill: run the pipeline first", table=spec.identifier)
+        return result
+    first = max(data_days[0] + DAY, start + DAY)
+    last = min(data_days[1] + DAY, end - DAY + fs.max_window_days() * DAY)
+    if first > last:
+        return result
+    ctx.read(silver_id)
+    gold = _compute(ctx, fs, first, last)
+    in_interval = _ts_range(fs.as_of_column, first, last + DAY)
+    held = ctx.lake.read_ray(spec.identifier, in_interval)
+    if _digest(gold, spec) == _digest(held, spec):
+        log.info("gold unchanged by the backfill", table=spec.identifier, as_of_first=str(first),
+                 as_of_last=str(last))
+        return result
+    replaces = (col(fs.as_of_column) >= _midnight(first)) & (col(fs.as_of_column) <= _midnight(last))
+    snapshot = ctx.lake.write(gold, spec, ctx.commit_properties(backfill=f"{start}..{end}", as_of_first=str(first),
+                                                                 as_of_last=str(last)), overwrite_filter=replaces)
+    ctx.wrote(spec.identifier, snapshot)
+    result.first_as_of, result.last_as_of, result.rows_written = first, last, gold.count()
+    log.info("gold backfilled", table=spec.identifier, rows=result.rows_written, as_of_first=str(first),
+             as_of_last=str(last))
+    return result
+
+
+def _digest(ds: ray.data.Dataset, spec: TableSpec) -> str:
+    """Content digest of a dataset's rows, in the table's column order and types."""
+    names = spec.schema.names
+
+    def partial(batch: pa.Table) -> dict:
+        return digest.partial_digest(batch.select(names).cast(spec.schema))
+
+    return digest.combine(ds.map_batches(partial, batch_format="pyarrow").to_pandas(), spec.schema)
 
 
 def content_digest(ctx: RunContext, identifier: str) -> str:

@@ -19,10 +19,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import ray
 from pyiceberg.expressions import And, EqualTo, GreaterThanOrEqual, In, LessThan, NotIn
+from ray.data.aggregate import Max, Min
 from ray.data.expressions import col
 
-from pipelines import logs, ray_runtime
+from pipelines import digest, logs, ray_runtime
 from pipelines.config import SourceConfig
 from pipelines.context import RunContext
 from pipelines.io import sources
@@ -36,6 +38,7 @@ from validation.rules import join_reasons
 from validation import users as users_contract
 
 DEDUP_BUCKETS = 16
+DAY = dt.timedelta(days=1)
 VALIDATION_BATCH_ROWS = 250_000
 
 
@@ -168,12 +171,38 @@ def _valid(batch: pd.DataFrame, extras: List[str]) -> pa.Table:
 
 
 def _first_occurrences(group: pa.Table, existing: pa.Array) -> pa.Table:
-    """Keep the first row of each tx_id (ordered by source file and row hash) not already in silver."""
-    group = group.sort_by([("tx_id", "ascending"), ("_source_file", "ascending"), ("_row_hash", "ascending")])
+    """Keep the first row of each tx_id not already in silver: the earliest bronze run's (run ids sort by
+    start time), then by source file and row hash."""
+    group = group.sort_by([("tx_id", "ascending"), ("_run_id", "ascending"), ("_source_file", "ascending"),
+                           ("_row_hash", "ascending")])
     ids = group.column("tx_id").to_numpy(zero_copy_only=False)
     first = np.r_[True, ids[1:] != ids[:-1]] if len(ids) else np.zeros(0, dtype=bool)
     known = pc.is_in(group.column("tx_id"), value_set=existing).to_numpy(zero_copy_only=False)
     return group.filter(pa.array(first & ~known)).drop_columns(["_bucket"])
+
+
+def _rules(ctx: RunContext, known_user_ids: List[int]) -> tx_contract.TransactionRules:
+    return tx_contract.TransactionRules(
+        known_user_ids=known_user_ids,
+        currencies=list(ctx.cfg.quality.currencies),
+        channels=list(ctx.cfg.quality.channels),
+        max_amount=ctx.cfg.quality.max_amount,
+        cutoff=ctx.cfg.cutoff_ts,
+    )
+
+
+def _deduplicate(ctx: RunContext, valid: ray.data.Dataset, existing: pa.Array) -> ray.data.Dataset:
+    """First occurrences of each tx_id not in `existing`: on the driver for small inputs (a 16-way shuffle
+    costs ~10 s of task overhead on 2 cores whatever the size), by tx_id hash bucket on Ray otherwise."""
+    rows = valid.count()
+    if rows <= ctx.cfg.ray.local_max_rows:
+        table = pa.concat_tables(ray.get(valid.to_arrow_refs())) if rows else None
+        if table is None:
+            return valid.map_batches(lambda b: b.drop_columns(["_bucket"]), batch_format="pyarrow").materialize()
+        return ray.data.from_arrow(_first_occurrences(table, existing))
+    ray_runtime.choose_shuffle(ctx.cfg.ray, rows)
+    return valid.groupby("_bucket", num_partitions=DEDUP_BUCKETS).map_groups(
+        _first_occurrences, fn_kwargs={"existing": existing}, batch_format="pyarrow").materialize()
 
 
 def refine_transactions(ctx: RunContext, source: SourceConfig, known_user_ids: List[int]) -> SilverResult:
@@ -197,13 +226,7 @@ def refine_transactions(ctx: RunContext, source: SourceConfig, known_user_ids: L
                  for u in json.loads(p.get(INGESTED_UNITS, "[]"))]
         missing = {u["uri"]: [c for c in source.columns if c not in u["columns"]] for u in units if "columns" in u}
         discard_rows = {"new": new, "missing_by_file": missing}
-    rules = tx_contract.TransactionRules(
-        known_user_ids=known_user_ids,
-        currencies=list(ctx.cfg.quality.currencies),
-        channels=list(ctx.cfg.quality.channels),
-        max_amount=ctx.cfg.quality.max_amount,
-        cutoff=ctx.cfg.cutoff_ts,
-    )
+    rules = _rules(ctx, known_user_ids)
     checked = (
         ctx.lake.read_ray(bronze.identifier, In("_run_id", pending))
         # large batches: pandera's fixed cost per validate() call (~0.3 s) dominates small blocks
@@ -223,20 +246,12 @@ def refine_transactions(ctx: RunContext, source: SourceConfig, known_user_ids: L
     first_day = last_day = None
     existing = pa.array([], pa.string())
     if n_valid:
-        first_ts, last_ts = valid.min("ts"), valid.max("ts")
-        first_day, last_day = first_ts.date(), last_ts.date()
+        first_day, last_day = _day_bounds(valid)
         if ctx.lake.exists(silver.identifier):
-            day_filter = And(
-                GreaterThanOrEqual("ts", dt.datetime.combine(first_day, dt.time(), dt.timezone.utc).isoformat()),
-                LessThan("ts", dt.datetime.combine(last_day + dt.timedelta(days=1), dt.time(),
-                                                   dt.timezone.utc).isoformat()),
-            )
-            existing = ctx.lake.read_arrow(silver.identifier, And(day_filter, NotIn("_run_id", pending)),
+            existing = ctx.lake.read_arrow(silver.identifier, And(_days(first_day, last_day + DAY),
+                                                                  NotIn("_run_id", pending)),
                                            ["tx_id"]).column("tx_id").combine_chunks()
-    ray_runtime.choose_shuffle(ctx.cfg.ray, n_valid)
-    deduped = valid.groupby("_bucket", num_partitions=DEDUP_BUCKETS).map_groups(
-        _first_occurrences, fn_kwargs={"existing": existing}, batch_format="pyarrow"
-    ).materialize()
+    deduped = _deduplicate(ctx, valid, existing)
     n_silver = deduped.count()
     replaces = col("_run_id").is_in(pending)
     ctx.lake.ensure(quarantine, evolve=True)
@@ -251,6 +266,85 @@ def refine_transactions(ctx: RunContext, source: SourceConfig, known_user_ids: L
     log.info("silver written", table=silver.identifier, rows_in=rows_in, rows=n_silver,
              quarantined=result.quarantined, duplicates=result.duplicates)
     return result
+
+
+def _midnight(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(), dt.timezone.utc)
+
+
+def _days(start: dt.date, end: dt.date):
+    """pyiceberg filter: events on days [start, end)."""
+    return And(GreaterThanOrEqual("ts", _midnight(start).isoformat()), LessThan("ts", _midnight(end).isoformat()))
+
+
+def _day_bounds(ds: ray.data.Dataset):
+    bounds = ds.aggregate(Min("ts"), Max("ts"))
+    return bounds["min(ts)"].date(), bounds["max(ts)"].date()
+
+
+# --- backfill: silver rebuilt from all of bronze for an interval of event days ----------------------
+def _in_interval(batch: pd.DataFrame, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
+    ts = pd.to_datetime(batch["ts"], utc=True, errors="coerce", format="ISO8601")
+    return batch.loc[(ts >= start) & (ts < end)]
+
+
+def rebuild_transactions(ctx: RunContext, source: SourceConfig, known_user_ids: List[int], start: dt.date,
+                         end: dt.date) -> SilverResult:
+    """Re-refine every bronze row whose event time falls on days [start, end) with today's rules and
+    replace that interval of silver (and those rows' quarantine entries), one commit per table, unless the
+    result equals what the tables hold: then nothing is written (a second backfill is a no-op).
+    Rows whose event time does not parse belong to no interval and stay as they are."""
+    log = logs.get()
+    bronze = bronze_spec(source, ctx.lake)
+    quarantine = quarantine_spec(source, bronze)
+    silver = silver_transactions_spec(silver_extras(ctx, source))
+    ctx.read(bronze.identifier)
+    lo, hi = _midnight(start), _midnight(end)
+    # bronze holds event times as the source's text: a wide text-range prefilter prunes files, the exact
+    # test parses the text as silver does
+    prefilter = And(GreaterThanOrEqual("ts", (start - DAY).isoformat()), LessThan("ts", (end + DAY).isoformat()))
+    checked = (
+        ctx.lake.read_ray(bronze.identifier, prefilter)
+        .map_batches(_in_interval, fn_kwargs={"start": lo, "end": hi}, batch_format="pandas")
+        .map_batches(_annotate, fn_kwargs={"rules": _rules(ctx, known_user_ids), "schema": quarantine.schema},
+                     batch_format="pandas", batch_size=VALIDATION_BATCH_ROWS)
+        .materialize()
+    )
+    rows_in = checked.count()
+    bad = checked.map_batches(_quarantined, fn_kwargs={"schema": quarantine.schema}, batch_format="pandas").materialize()
+    valid = checked.map_batches(_valid, fn_kwargs={"extras": silver_extras(ctx, source)},
+                                batch_format="pandas").materialize()
+    deduped = _deduplicate(ctx, valid, pa.array([], pa.string()))
+    result = SilverResult(rows_in, deduped.count(), bad.count(), valid.count() - deduped.count(), start, end - DAY)
+    ctx.lake.ensure(silver, evolve=True)
+    ctx.lake.ensure(quarantine, evolve=True)
+    held_silver = ctx.lake.read_ray(silver.identifier, _days(start, end))
+    if _digest(deduped, silver.schema) != _digest(held_silver, silver.schema):
+        replaces = (col("ts") >= lo) & (col("ts") < hi)
+        ctx.wrote(silver.identifier, ctx.lake.write(deduped, silver, ctx.commit_properties(backfill=f"{start}..{end}"),
+                                                    overwrite_filter=replaces))
+    held_bad = pa.Table.from_pandas(_in_interval(ctx.lake.read_arrow(quarantine.identifier, prefilter).to_pandas(),
+                                                 lo, hi), schema=quarantine.schema, preserve_index=False)
+    if _digest(bad, quarantine.schema) != digest.table_digest(held_bad):
+        hashes = held_bad.column("_row_hash").to_pylist()
+        replaces = col("_row_hash").is_in(hashes) if hashes else None
+        ctx.wrote(quarantine.identifier, ctx.lake.write(bad, quarantine,
+                                                        ctx.commit_properties(backfill=f"{start}..{end}"),
+                                                        overwrite_filter=replaces))
+    log.info("silver backfilled", table=silver.identifier, start=str(start), end=str(end), rows_in=rows_in,
+             rows=result.valid, quarantined=result.quarantined, duplicates=result.duplicates,
+             silver_changed=silver.identifier in ctx.tables_written,
+             quarantine_changed=quarantine.identifier in ctx.tables_written)
+    return result
+
+
+def _digest(ds: ray.data.Dataset, schema: pa.Schema) -> str:
+    names = schema.names
+
+    def partial(batch: pa.Table) -> dict:
+        return digest.partial_digest(batch.select(names).cast(schema))
+
+    return digest.combine(ds.map_batches(partial, batch_format="pyarrow").to_pandas(), schema)
 
 
 def known_user_ids(ctx: RunContext) -> List[int]:
