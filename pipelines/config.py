@@ -39,6 +39,11 @@ class SourceConfig:
     uri: Optional[str] = None  # sql: SQLAlchemy URI
     query: Optional[str] = None  # sql: the query that reads the table
     pii: List[str] = field(default_factory=list)  # columns tokenized in silver
+    # sql: read incrementally by this column (a timestamp, or ISO-8601 text) instead of the whole result:
+    # each run reads rows with watermark_column >= (the last committed watermark - the lag), so rows that
+    # arrive late by up to the lag are still picked up; rows already in bronze are not added again.
+    watermark_column: Optional[str] = None
+    watermark_lag_seconds: float = 0.0
 
 
 @dataclass
@@ -333,6 +338,9 @@ def validate(cfg: PipelineConfig) -> None:
         where = f"sources.{name}"
         if source.kind not in SOURCE_KINDS:
             raise ConfigError(f"config error: {where}.kind={source.kind!r} must be one of {SOURCE_KINDS}")
+        if source.watermark_column and (source.kind != "sql" or source.watermark_column not in source.columns):
+            raise ConfigError(f"config error: {where}.watermark_column={source.watermark_column!r} needs a sql "
+                              f"source that reads that column (it must be one of {where}.columns)")
         if source.kind == "files":
             if not source.path:
                 raise ConfigError(f"config error: {where}.path is required for a files source")

@@ -27,6 +27,7 @@ from pyiceberg.types import IntegerType, LongType, StringType
 from pipelines import logs
 from pipelines.config import PipelineConfig
 from pipelines.errors import PipelineError
+from pipelines.io.sources import latest_watermark
 from pipelines.io.lake import RECORDED_KEYS, Lake
 
 LAYERS = ("bronze", "silver", "quarantine", "gold")
@@ -105,6 +106,14 @@ def _fold_records(lake: Lake, identifier: str) -> None:
         if values:
             unique = list({json.dumps(v, sort_keys=True): v for v in values}.values())
             updates[f"recorded.{key}"] = json.dumps(unique)
+    # the last watermark of each watermarked source (bronze commits' `watermark`), likewise kept
+    marks: Dict[str, List[str]] = {}
+    for props in lake.snapshot_properties(identifier):
+        if props.get("watermark") and props.get("source"):
+            marks.setdefault(props["source"], []).append(props["watermark"])
+    for source, values in marks.items():
+        key = f"recorded.watermark.{source}"
+        updates[key] = latest_watermark(values + [lake.table(identifier).properties.get(key)]) or ""
     if updates:
         with lake.table(identifier).transaction() as tx:
             tx.set_properties(**updates)

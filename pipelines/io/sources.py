@@ -231,6 +231,22 @@ def read_files(name: str, source: SourceConfig, files: List[SourceFile], columns
     )
 
 
+def shift_watermark(value: str, seconds: float) -> str:
+    """`value` moved back by `seconds`, written as the database wrote it (a 'T' or a space between date and
+    time, a trailing Z or not), so the database compares it like its own values."""
+    instant = pd.Timestamp(value.replace("Z", "+00:00")) - pd.Timedelta(seconds=seconds)
+    text = instant.strftime("%Y-%m-%d" + ("T" if "T" in value else " ") + "%H:%M:%S")
+    if instant.microsecond:
+        text += f".{instant.microsecond:06d}"
+    return text + ("Z" if value.endswith("Z") else "")
+
+
+def latest_watermark(values: List[Optional[str]]) -> Optional[str]:
+    """The latest of watermark values as text, compared as instants."""
+    present = [v for v in values if v]
+    return max(present, key=lambda v: pd.Timestamp(v.replace("Z", "+00:00"))) if present else None
+
+
 def redact_uri(uri: str) -> str:
     try:
         return sqlalchemy.engine.make_url(uri).render_as_string(hide_password=True)
@@ -256,16 +272,21 @@ def probe_query(name: str, source: SourceConfig) -> None:
         engine.dispose()
 
 
-def read_query(name: str, source: SourceConfig) -> ray.data.Dataset:
-    """Rows of a SQL source as text columns (Ray Data's SQL reader)."""
+def read_query(name: str, source: SourceConfig, since: Optional[str] = None) -> ray.data.Dataset:
+    """Rows of a SQL source as text columns (Ray Data's SQL reader); with `since`, only the rows whose
+    watermark column is at or after it (the comparison is the database's own)."""
     uri = source.uri or ""
+    query = source.query or ""
+    if since is not None:
+        literal = since.replace("'", "''")
+        query = f"SELECT * FROM ({query}) AS source_rows WHERE {source.watermark_column} >= '{literal}'"
 
     def connect():
         return sqlalchemy.create_engine(uri).raw_connection()
 
     # One read task: without shard keys Ray cannot split a query, and its default of 200 empty-ish blocks
     # makes every later operation pay 200 task launches.
-    ds = ray.data.read_sql(source.query, connect, override_num_blocks=1)
+    ds = ray.data.read_sql(query, connect, override_num_blocks=1)
     columns = list(source.columns)
 
     def as_text(batch: pa.Table) -> pa.Table:

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
+
+import pandas as pd
+import pyarrow as pa
+import ray
+from pyiceberg.expressions import And, EqualTo, In
 
 
 from pipelines import logs
@@ -20,6 +25,7 @@ from pipelines.io.lake import TableSpec
 from validation import schema_policy
 
 INGESTED_UNITS = "ingested_units"
+WATERMARK = "watermark"  # snapshot property of a watermarked SQL source's bronze commit
 
 
 @dataclass
@@ -133,18 +139,41 @@ def _ingest_files(ctx: RunContext, file_plan: FilePlan) -> BronzeResult:
     return BronzeResult(rows, [f.uri for f in good])
 
 
+def _last_watermark(ctx: RunContext, spec: TableSpec, name: str) -> Optional[str]:
+    """The watermark the last committed ingest of this source recorded (advanced only by a commit)."""
+    marks = [p.get(WATERMARK) for p in ctx.lake.snapshot_properties(spec.identifier) if p.get("source") == name]
+    return sources.latest_watermark(marks + [ctx.lake.table(spec.identifier).properties.get(
+        f"recorded.{WATERMARK}.{name}")])
+
+
 def _ingest_query(ctx: RunContext, name: str, source: SourceConfig, spec: TableSpec) -> BronzeResult:
     log = logs.get()
-    raw = sources.read_query(name, source).materialize()
     columns = list(source.columns)
+    last = _last_watermark(ctx, spec, name) if source.watermark_column else None
+    since = sources.shift_watermark(last, source.watermark_lag_seconds) if last else None
+    raw = sources.read_query(name, source, since).materialize()
     unit_uri = f"{sources.redact_uri(source.uri or '')} :: {source.query}"
-    # The unit's content hash is the hash of its sorted row hashes: independent of row order.
     hashed = raw.map_batches(
         lambda b: b.assign(_row_hash=sources.row_hashes(b, columns)), batch_format="pandas"
-    ).materialize()
-    row_hashes = sorted(hashed.to_pandas()["_row_hash"]) if hashed.count() else []
-    sha = hashlib.sha256("\n".join(row_hashes).encode()).hexdigest()
-    if (unit_uri, sha) in _already_ingested(ctx, spec):
+    ).to_pandas() if raw.count() else pd.DataFrame(columns=columns + ["_row_hash"])
+    extra: Dict[str, str] = {}
+    if source.watermark_column:
+        # rows re-read inside the lag that bronze already holds are not appended again
+        # (bronze's row hash covers the `_malformed_line` column too, null for database rows)
+        as_bronze = sources.row_hashes(hashed.assign(_malformed_line=None), columns + ["_malformed_line"])
+        held = set(ctx.lake.read_arrow(spec.identifier, And(EqualTo("_source", name),
+                                                            In("_row_hash", list(as_bronze))),
+                                       ["_row_hash"]).column("_row_hash").to_pylist()) if len(hashed) else set()
+        hashed = hashed[~as_bronze.isin(held).to_numpy()]
+        if hashed.empty:
+            log.info("no rows past the watermark", source=name, watermark=last, read_since=since)
+            return BronzeResult(0, [])
+        extra[WATERMARK] = sources.latest_watermark([last] + list(hashed[source.watermark_column])) or ""
+        text = pa.schema([pa.field(c, pa.string()) for c in columns])
+        raw = ray.data.from_arrow(pa.Table.from_pandas(hashed[columns], schema=text, preserve_index=False))
+    # The unit's content hash is the hash of its sorted row hashes: independent of row order.
+    sha = hashlib.sha256("\n".join(sorted(hashed["_row_hash"])).encode()).hexdigest()
+    if not source.watermark_column and (unit_uri, sha) in _already_ingested(ctx, spec):
         log.info("query result unchanged, nothing to ingest", source=name)
         return BronzeResult(0, [])
     schema = spec.schema
@@ -159,9 +188,9 @@ def _ingest_query(ctx: RunContext, name: str, source: SourceConfig, spec: TableS
     ds = raw.map_batches(to_bronze, batch_format="pyarrow").materialize()
     rows = ds.count()
     snapshot = ctx.lake.write(ds, spec, ctx.commit_properties(**{INGESTED_UNITS: [{"uri": unit_uri, "sha256": sha}],
-                                                                  "source": name}))
+                                                                  "source": name, **extra}))
     ctx.wrote(spec.identifier, snapshot)
-    log.info("bronze written", source=name, table=spec.identifier, rows=rows)
+    log.info("bronze written", source=name, table=spec.identifier, rows=rows, **extra)
     return BronzeResult(rows, [unit_uri])
 
 

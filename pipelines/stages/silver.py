@@ -104,11 +104,18 @@ def refine_users(ctx: RunContext, source: SourceConfig, pii_key: bytes) -> Silve
         log.info("no new bronze rows", table=silver.identifier)
         return SilverResult()
     ctx.read(bronze.identifier)
-    raw = ctx.lake.read_arrow(bronze.identifier, EqualTo("_run_id", pending[-1])).to_pandas()
-    raw = raw.sort_values(["_row_hash"], kind="mergesort").reset_index(drop=True)
+    incremental = bool(source.watermark_column)
+    if incremental:  # each bronze run holds the rows that changed: the newest version of a user wins
+        raw = ctx.lake.read_arrow(bronze.identifier, In("_run_id", pending)).to_pandas()
+        raw["_version"] = pd.to_datetime(raw[source.watermark_column], utc=True, errors="coerce", format="ISO8601")
+        raw = raw.sort_values(["_version", "_run_id", "_row_hash"], kind="mergesort").reset_index(drop=True)
+    else:  # each bronze run holds the whole table: the latest copy replaces silver
+        raw = ctx.lake.read_arrow(bronze.identifier, EqualTo("_run_id", pending[-1])).to_pandas()
+        raw = raw.sort_values(["_row_hash"], kind="mergesort").reset_index(drop=True)
     typed, failures = users_contract.check_users(raw)
     valid = failures.isna()
-    duplicate = valid & typed["user_id"].duplicated(keep="first")
+    duplicate = pd.Series(False, index=raw.index)
+    duplicate[valid] = typed.loc[valid, "user_id"].duplicated(keep="last" if incremental else "first")
     keep = valid & ~duplicate
     present = count_present(raw, list(source.columns)).iloc[0].drop("_rows").astype(int).to_dict()  # before tokens
     for column in source.pii:  # raw PII never leaves bronze, quarantine included
@@ -124,6 +131,10 @@ def refine_users(ctx: RunContext, source: SourceConfig, pii_key: bytes) -> Silve
         },
         schema=silver.schema,
     ).sort_by("user_id")
+    if incremental and ctx.lake.exists(silver.identifier):  # users not in this batch stay as they are
+        held = ctx.lake.read_arrow(silver.identifier)
+        unchanged = pc.invert(pc.is_in(held.column("user_id"), value_set=silver_rows.column("user_id")))
+        silver_rows = pa.concat_tables([held.filter(unchanged).cast(silver.schema), silver_rows]).sort_by("user_id")
     bad = raw.loc[~valid].assign(_failed_rules=failures[~valid])
     q_rows = pa.Table.from_pandas(bad[quarantine.schema.names], schema=quarantine.schema, preserve_index=False)
     ctx.wrote(quarantine.identifier, ctx.lake.commit_arrow(q_rows, quarantine, ctx.commit_properties(),
