@@ -28,7 +28,7 @@ from pipelines import logs
 from pipelines.config import PipelineConfig
 from pipelines.errors import PipelineError
 from pipelines.io.sources import latest_watermark
-from pipelines.io.lake import RECORDED_KEYS, Lake
+from pipelines.io.lake import RECORDED_KEYS, Lake, commit_checked
 
 LAYERS = ("bronze", "silver", "quarantine", "gold")
 
@@ -162,9 +162,64 @@ def apply_retention(cfg: PipelineConfig, lake: Lake, reference: dt.datetime) -> 
     return out
 
 
-def clean_up(lake: Lake, orphan_min_age_s: float) -> Dict[str, Dict[str, object]]:
-    """Expire old snapshots and delete unreferenced files in every table."""
-    return {identifier: expire_history(lake, identifier, orphan_min_age_s).as_dict() for identifier in _tables(lake)}
+# --- compaction ----------------------------------------------------------------------------------------
+SMALL_FILE_BYTES = 32 * 1024 * 1024  # a data file below this is small
+COMPACT_MIN_FILES = 4  # a partition is compacted once it holds this many small files
+COMPACT_MAX_BYTES = 512 * 1024 * 1024  # ... and its small files add up to at most this (read on the driver)
+
+
+def _partition_filter(table: Table, partition: Dict[str, object]):
+    """pyiceberg filter selecting one partition's rows (day partitions: that day; unpartitioned: all)."""
+    from pyiceberg.expressions import AlwaysTrue, And, GreaterThanOrEqual, LessThan as Lt
+
+    fields = table.spec().fields
+    if not fields:
+        return AlwaysTrue()
+    field = fields[0]  # this project partitions by one day(<timestamp>) at most
+    day = partition[field.name]
+    day = dt.date(1970, 1, 1) + dt.timedelta(days=day) if isinstance(day, int) else day
+    column = table.schema().find_field(field.source_id).name
+    start = dt.datetime.combine(day, dt.time(), dt.timezone.utc)
+    return And(GreaterThanOrEqual(column, start.isoformat()), Lt(column, (start + dt.timedelta(days=1)).isoformat()))
+
+
+def compact(lake: Lake, identifier: str, run_id: str) -> Dict[str, int]:
+    """Rewrite each partition holding many small data files as one file, in one commit for the table.
+    The rows are the same (the content digest does not change); the old files go with snapshot expiry."""
+    table = lake.table(identifier)
+    if table.current_snapshot() is None:
+        return {"files_compacted": 0, "partitions_compacted": 0}
+    files = table.inspect.files().select(["partition", "file_size_in_bytes", "content"]).to_pylist()
+    by_partition: Dict[str, List[dict]] = {}
+    for f in files:
+        if f["content"] == 0 and f["file_size_in_bytes"] < SMALL_FILE_BYTES:  # data files only
+            by_partition.setdefault(json.dumps(f["partition"], sort_keys=True, default=str), []).append(f)
+    chosen = [(v[0]["partition"], v) for v in by_partition.values()
+              if len(v) >= COMPACT_MIN_FILES and sum(f["file_size_in_bytes"] for f in v) <= COMPACT_MAX_BYTES]
+    if not chosen:
+        return {"files_compacted": 0, "partitions_compacted": 0}
+    from pyiceberg.expressions import Or
+
+    filters = [_partition_filter(table, partition) for partition, _ in chosen]
+    row_filter = filters[0]
+    for f in filters[1:]:
+        row_filter = Or(row_filter, f)
+    rows = table.scan(row_filter=row_filter).to_arrow()
+    commit_checked(table, lambda t: t.overwrite(rows, overwrite_filter=row_filter,
+                                                snapshot_properties={"run_id": run_id, "maintenance": "compaction"}),
+                   run_id)
+    compacted = sum(len(v) for _, v in chosen)
+    logs.get().info("compacted", table=identifier, files=compacted, partitions=len(chosen), rows=rows.num_rows)
+    return {"files_compacted": compacted, "partitions_compacted": len(chosen)}
+
+
+def clean_up(lake: Lake, orphan_min_age_s: float, run_id: str = "maintenance") -> Dict[str, Dict[str, object]]:
+    """Compact small files, expire old snapshots and delete unreferenced files, in every table."""
+    out: Dict[str, Dict[str, object]] = {}
+    for identifier in _tables(lake):
+        compacted = compact(lake, identifier, run_id)
+        out[identifier] = {**compacted, **expire_history(lake, identifier, orphan_min_age_s).as_dict()}
+    return out
 
 
 # --- erasure --------------------------------------------------------------------------------------------

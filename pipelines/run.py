@@ -247,5 +247,5 @@ def maintain(cfg: PipelineConfig, erase: Optional[Tuple[str, str]] = None) -> Di
             return {"run_id": run_id, "erased": maintenance.erase(cfg, lake, *erase)}
         reference = parse_utc(cfg.retention.reference) if cfg.retention.reference else started
         retention = maintenance.apply_retention(cfg, lake, reference)
-        cleaned = maintenance.clean_up(lake, cfg.retention.orphan_min_age_hours * 3600)
+        cleaned = maintenance.clean_up(lake, cfg.retention.orphan_min_age_hours * 3600, run_id)
         return {"run_id": run_id, "retention": retention, "clean_up": cleaned}

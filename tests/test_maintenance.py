@@ -127,3 +127,36 @@ def test_retention_removes_exactly_the_older_rows_and_their_files(base):
     # what was ingested is still known after the history expired: a rerun finds nothing new
     again = cli("run", f"data_dir={base['data_dir']}", *SMALL)
     assert again["new_data"] is False
+
+
+def test_compaction_rewrites_partitions_of_many_small_files_into_one_with_the_same_rows(tmp_path):
+    from pipelines.config import CatalogConfig
+    from pipelines.digest import table_digest
+    from pipelines.io.lake import Lake, TableSpec
+    from pipelines.maintenance import COMPACT_MIN_FILES, clean_up
+
+    lake = Lake(CatalogConfig(uri=f"sqlite:///{tmp_path}/catalog.db", warehouse=f"file://{tmp_path}/warehouse"))
+    spec = TableSpec("silver.events", pa.schema([pa.field("n", pa.int64()),
+                                                 pa.field("ts", pa.timestamp("us", tz="UTC"))]), day_partition="ts")
+    busy, quiet = dt.datetime(2026, 1, 5, tzinfo=dt.timezone.utc), dt.datetime(2026, 1, 6, tzinfo=dt.timezone.utc)
+    for i in range(COMPACT_MIN_FILES + 1):  # one small file per commit on the busy day, as incremental runs write
+        lake.commit_arrow(pa.table({"n": [i, 100 + i], "ts": [busy, busy + dt.timedelta(hours=i)]}), spec,
+                          {"run_id": f"run-{i}"})
+    lake.commit_arrow(pa.table({"n": [999], "ts": [quiet]}), spec, {"run_id": "run-quiet"})
+
+    def files_per_day() -> dict:
+        days = [p["ts_day"] for p in lake.table(spec.identifier).inspect.files().column("partition").to_pylist()]
+        return {d: days.count(d) for d in set(days)}
+
+    before = lake.read_arrow(spec.identifier)
+    assert sorted(files_per_day().values()) == [1, COMPACT_MIN_FILES + 1]
+    report = clean_up(lake, orphan_min_age_s=0)
+    assert report[spec.identifier]["files_compacted"] == COMPACT_MIN_FILES + 1
+    assert report[spec.identifier]["partitions_compacted"] == 1
+    assert sorted(files_per_day().values()) == [1, 1]  # the busy day is one file now; the quiet day untouched
+    after = lake.read_arrow(spec.identifier)
+    assert table_digest(after) == table_digest(before) and after.num_rows == 2 * (COMPACT_MIN_FILES + 1) + 1
+    # the small files are gone from disk too: only the live files remain
+    parquet = [p for p in (tmp_path / "warehouse").rglob("*.parquet")]
+    assert len(parquet) == 2
+    assert clean_up(lake, orphan_min_age_s=0)[spec.identifier]["files_compacted"] == 0  # nothing left to do

@@ -34,6 +34,8 @@ from pipelines.errors import PipelineError
 
 ROWS_PER_FILE = 1_000_000
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Snapshot properties that are idempotency records (JSON lists): kept when old snapshots expire.
+RECORDED_KEYS = ("ingested_units", "bronze_runs")
 TABLE_PROPERTIES = {
     "write.parquet.compression-codec": "zstd",
     "format-version": "2",
