@@ -240,7 +240,9 @@ def alert(ctx: RunContext, failed: List[CheckResult]) -> int:
 def roll_back(ctx: RunContext, before: Dict[str, Optional[int]]) -> List[str]:
     """Put every table back to its snapshot from before the run (drop the ones the run created)."""
     undone = []
-    for identifier, snapshot in before.items():
+    # downstream first: a crash half-way leaves bronze intact and silver/gold at most rolled back further
+    # than bronze, which the resumed run simply refines and builds again
+    for identifier, snapshot in reversed(list(before.items())):
         if not ctx.lake.exists(identifier):
             continue
         if snapshot is None or ctx.lake.table(identifier).snapshot_by_id(snapshot) is None:
