@@ -242,7 +242,8 @@ def roll_back(ctx: RunContext, before: Dict[str, Optional[int]]) -> List[str]:
     undone = []
     # downstream first: a crash half-way leaves bronze intact and silver/gold at most rolled back further
     # than bronze, which the resumed run simply refines and builds again
-    for identifier, snapshot in reversed(list(before.items())):
+    downstream_first = {"gold": 0, "silver": 1, "quarantine": 1, "bronze": 2}
+    for identifier, snapshot in sorted(before.items(), key=lambda kv: downstream_first.get(kv[0].split(".")[0], 0)):
         if not ctx.lake.exists(identifier):
             continue
         if snapshot is None or ctx.lake.table(identifier).snapshot_by_id(snapshot) is None:
