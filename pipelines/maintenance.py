@@ -187,7 +187,8 @@ def compact(lake: Lake, identifier: str, run_id: str) -> Dict[str, int]:
     """Rewrite each partition holding many small data files as one file, in one commit for the table.
     The rows are the same (the content digest does not change); the old files go with snapshot expiry."""
     table = lake.table(identifier)
-    if table.current_snapshot() is None:
+    snapshot = table.current_snapshot()
+    if snapshot is None or not snapshot.manifests(table.io):  # (inspect.files() fails on an empty snapshot)
         return {"files_compacted": 0, "partitions_compacted": 0}
     files = table.inspect.files().select(["partition", "file_size_in_bytes", "content"]).to_pylist()
     by_partition: Dict[str, List[dict]] = {}
