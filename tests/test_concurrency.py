@@ -147,3 +147,13 @@ def test_two_runs_started_at_once_one_runs_the_other_fails_naming_it(tmp_path, r
     lake = Lake(small_config(tmp_path).catalog)
     ids = lake.read_arrow("silver.transactions", columns=["tx_id"]).column("tx_id")
     assert len(ids) == len(set(ids.to_pylist())) == winner["tables"]["silver.transactions"]["rows"]
+
+
+def test_sqlite_catalog_runs_in_wal_mode_with_a_busy_timeout(tmp_path):
+    import sqlite3
+
+    lake = Lake(_catalog(tmp_path))
+    with lake.catalog.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30_000
+    # WAL is a property of the database file: any other connection sees it
+    assert sqlite3.connect(tmp_path / "catalog.db").execute("PRAGMA journal_mode").fetchone() == ("wal",)
