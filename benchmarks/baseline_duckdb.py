@@ -74,7 +74,7 @@ def run(sample: Path, out: Path, cutoff: str, threads: int = 2) -> Dict:
     timer = Timer()
     con = duckdb.connect()
     con.execute(f"SET threads = {threads}; SET TimeZone = 'UTC'; SET preserve_insertion_order = false; "
-                f"SET enable_progress_bar = false;")
+                "SET enable_progress_bar = false;")
     zstd = "(FORMAT parquet, COMPRESSION zstd)"
     with timer("ingest"):
         users = users_arrow(sample / "users.db")
