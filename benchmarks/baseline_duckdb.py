@@ -79,9 +79,9 @@ def run(sample: Path, out: Path, cutoff: str, threads: int = 2) -> Dict:
     with timer("ingest"):
         users = users_arrow(sample / "users.db")
         con.register("users_raw", users)
-        con.execute(f"""CREATE TABLE silver_users AS
+        con.execute("""CREATE TABLE silver_users AS
             SELECT user_id, country, CAST(signup_ts AS TIMESTAMPTZ) AS signup_ts FROM users_raw
-            WHERE user_id IS NOT NULL AND regexp_full_match(country, '[A-Z]{{2}}') AND signup_ts IS NOT NULL""")
+            WHERE user_id IS NOT NULL AND regexp_full_match(country, '[A-Z]{2}') AND signup_ts IS NOT NULL""")
         # bronze: the landing rows as received, with the file they came from and their position in it
         con.execute(f"""COPY (SELECT * FROM read_parquet('{sample}/transactions/*.parquet',
                                                        filename = true, file_row_number = true))

@@ -94,8 +94,7 @@ def run_side(data_dir: Path, side: str) -> Dict:
                 end = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), dt.timezone.utc)
                 publish._feast_sqlite_timestamps()
                 store.materialize(start_date=start, end_date=end, feature_views=[fs.name])
-                entities += lake.read_arrow(f"gold.{fs.name}", columns=[fs.entity.join_key]) \
-                    .column(0).unique().__len__()
+                entities += len(lake.read_arrow(f"gold.{fs.name}", columns=[fs.entity.join_key]).column(0).unique())
     return {"side": side, "seconds": timer.seconds, "entities": entities,
             "entities_per_s": round(entities / timer.seconds["publish"], 1)}
 

@@ -121,7 +121,7 @@ def bench_size(n: int, workdir: Path) -> Dict:
     log("online latency")
     latency = measured(python_module("benchmarks.online_latency", "--data-dir", str(data_dir))).last_json()
 
-    files = [info for info in layout.values()]
+    files = list(layout.values())
     all_sizes_median = statistics.median([i["median_file_mib"] for i in files if i["data_files"]])
     ours_publish_s = side_results["ours"]["seconds"]["publish"]
     feast_publish_s = side_results["feast"]["seconds"]["publish"]
