@@ -208,8 +208,30 @@ def large_run(n: int, base: int, object_store_mb: int, workdir: Path) -> Dict:
 
 
 def markdown(results: Dict) -> str:
-    lines = [f"Machine: {results['machine']}", "", f"Command: `{results['command']}`", "",
-             "| transactions | ours end-to-end s | ingest s | silver s | gold s | publish s | other s | rows/s | "
+    lines = [f"Machine: {results['machine']}", "", f"Command: `{results['command']}`", ""]
+    if results["sizes"]:
+        lines += _size_tables(results)
+    if results.get("manifests"):
+        m = results["manifests"]
+        lines += ["", f"Manifests over {m['runs']} runs (the pipeline's writer, replayed on tiny data): "
+                  + "; ".join(f"{t}: at most {v['max_manifests']}, after run "
+                              + ", ".join(f"{k}: {c}" for k, c in v["manifests_after_run"].items())
+                              for t, v in m.items() if t != "runs")]
+    if results.get("large"):
+        g = results["large"]
+        lines += ["", f"Large run: {g['transactions']:,} transactions ({g['sample']}, object store "
+                  f"{g['object_store_mb']} MiB) "
+                  + (f"completed in {g['end_to_end_s']} s, peak memory {g['peak_gib']} GiB"
+                     if g["completed"] else f"FAILED after {g['end_to_end_s']} s ({g.get('error')}), "
+                     f"peak memory {g['peak_gib']} GiB")]
+    problems = [p for r in results["sizes"] for p in r["problems"]]
+    if problems:
+        lines += ["", "Failed checks:", ""] + [f"- {p}" for p in problems]
+    return "\n".join(lines) + "\n"
+
+
+def _size_tables(results: Dict) -> List[str]:
+    lines = ["| transactions | ours end-to-end s | ingest s | silver s | gold s | publish s | other s | rows/s | "
              "peak GiB | DuckDB s | ours / DuckDB | DuckDB peak GiB | rerun s | rerun / full | data files | "
              "median file MiB | checks |",
              "|" + "---|" * 17]
@@ -247,23 +269,7 @@ def markdown(results: Dict) -> str:
             cells.append(f"{i['snapshots_this_run']} / {i['data_files']} / {i['median_file_mib']} / {i['manifests']}"
                          if i else "-")
         lines.append(f"| {r['transactions']:,} | " + " | ".join(cells) + " |")
-    if results.get("manifests"):
-        m = results["manifests"]
-        lines += ["", f"Manifests over {m['runs']} runs (the pipeline's writer, replayed on tiny data): "
-                  + "; ".join(f"{t}: at most {v['max_manifests']}, after run "
-                              + ", ".join(f"{k}: {c}" for k, c in v["manifests_after_run"].items())
-                              for t, v in m.items() if t != "runs")]
-    if results.get("large"):
-        g = results["large"]
-        lines += ["", f"Large run: {g['transactions']:,} transactions ({g['sample']}, object store "
-                  f"{g['object_store_mb']} MiB) "
-                  + (f"completed in {g['end_to_end_s']} s, peak memory {g['peak_gib']} GiB"
-                     if g["completed"] else f"FAILED after {g['end_to_end_s']} s ({g.get('error')}), "
-                     f"peak memory {g['peak_gib']} GiB")]
-    problems = [p for r in results["sizes"] for p in r["problems"]]
-    if problems:
-        lines += ["", "Failed checks:", ""] + [f"- {p}" for p in problems]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _tables(results: Dict) -> List[str]:
