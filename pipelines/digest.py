@@ -31,3 +31,14 @@ def combine(partials: pd.DataFrame, schema: pa.Schema) -> str:
 def table_digest(table: pa.Table) -> str:
     """The same digest computed in one piece (for tests and small tables)."""
     return combine(pd.DataFrame(partial_digest(table)), table.schema)
+
+
+def dataset_digest(ds, schema: pa.Schema) -> str:
+    """The same digest of a Ray dataset's rows (any object with map_batches), taken in `schema`'s column
+    order and types, so rows read back from a table compare equal to the rows about to be written."""
+    names = schema.names
+
+    def partial(batch: pa.Table) -> Dict[str, list]:
+        return partial_digest(batch.select(names).cast(schema))
+
+    return combine(ds.map_batches(partial, batch_format="pyarrow").to_pandas(), schema)

@@ -8,6 +8,7 @@ what makes reruns converge instead of duplicating.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import warnings
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import pyarrow as pa
 import ray
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, ValidationException
-from pyiceberg.expressions import AlwaysTrue, BooleanExpression
+from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, GreaterThanOrEqual, LessThan
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
@@ -307,6 +308,15 @@ class Lake:
             return self.catalog.load_table(identifier)
         except NoSuchTableError:
             return None
+
+
+def midnight(day: "dt.date") -> "dt.datetime":
+    return dt.datetime.combine(day, dt.time(), dt.timezone.utc)
+
+
+def day_range(column: str, start: "dt.date", end: "dt.date") -> BooleanExpression:
+    """pyiceberg filter: `column` (a UTC timestamp) on days [start, end)."""
+    return And(GreaterThanOrEqual(column, midnight(start).isoformat()), LessThan(column, midnight(end).isoformat()))
 
 
 def _sqlite_for_concurrency(catalog: Catalog) -> None:

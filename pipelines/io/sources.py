@@ -231,10 +231,18 @@ def read_files(name: str, source: SourceConfig, files: List[SourceFile], columns
     )
 
 
+def _instant(value: str) -> pd.Timestamp:
+    try:
+        return pd.Timestamp(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        raise SourceError(f"watermark value {value!r} is not a timestamp: the watermark column must hold "
+                          "timestamps or ISO-8601 text") from None
+
+
 def shift_watermark(value: str, seconds: float) -> str:
     """`value` moved back by `seconds`, written as the database wrote it (a 'T' or a space between date and
     time, a trailing Z or not), so the database compares it like its own values."""
-    instant = pd.Timestamp(value.replace("Z", "+00:00")) - pd.Timedelta(seconds=seconds)
+    instant = _instant(value) - pd.Timedelta(seconds=seconds)
     text = instant.strftime("%Y-%m-%d" + ("T" if "T" in value else " ") + "%H:%M:%S")
     if instant.microsecond:
         text += f".{instant.microsecond:06d}"
@@ -244,7 +252,7 @@ def shift_watermark(value: str, seconds: float) -> str:
 def latest_watermark(values: List[Optional[str]]) -> Optional[str]:
     """The latest of watermark values as text, compared as instants."""
     present = [v for v in values if v]
-    return max(present, key=lambda v: pd.Timestamp(v.replace("Z", "+00:00"))) if present else None
+    return max(present, key=_instant) if present else None
 
 
 def redact_uri(uri: str) -> str:

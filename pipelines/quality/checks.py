@@ -42,12 +42,14 @@ def value_range(dataset: str, column: str, outside: int, rows: int, low: Optiona
 
 
 def row_count(dataset: str, rows_per_file: Optional[float], history: Sequence[float], band: float,
-              severity: str) -> CheckResult:
-    """Rows per ingested file against the median of earlier passing runs (no history: nothing to judge)."""
+              severity: str, not_applicable: Optional[str] = None) -> CheckResult:
+    """Rows per ingested file against the median of earlier passing runs (no history: nothing to judge;
+    `not_applicable`: the reason there is no usual size, e.g. a change feed)."""
     name, table = f"row_count.{dataset}", f"bronze.{dataset}"
-    if rows_per_file is None or not history:
-        return CheckResult(name, "row_count", table, rows_per_file, f"within {band:.0%} of the median of past runs",
-                           severity, True, "no earlier runs to compare with" if not history else "no new files")
+    if not_applicable or rows_per_file is None or not history:
+        detail = not_applicable or ("no earlier runs to compare with" if not history else "no new files")
+        return CheckResult(name, "row_count", table, None if not_applicable else rows_per_file,
+                           f"within {band:.0%} of the median of past runs", severity, True, detail)
     mid = median(history)
     low, high = mid * (1 - band), mid * (1 + band)
     return CheckResult(name, "row_count", table, rows_per_file, f"in [{low:.6g}, {high:.6g}] (median {mid:.6g} "

@@ -170,11 +170,12 @@ def measure(ctx: RunContext, refined: List[Refined], built: Dict[str, object], s
                                                      q.completeness.severity))
         units = _units(ctx, item.dataset, item.bronze_runs)
         name = f"row_count.{item.dataset}"
-        if any(s.dataset == item.dataset and s.watermark_column for s in ctx.cfg.sources.values()):
-            units = 0  # a change feed (rows past a watermark) has no usual size: no row-count band
+        change_feed = any(s.dataset == item.dataset and s.watermark_column for s in ctx.cfg.sources.values())
         history = _history(ctx, name, q.row_count.history_runs)
         report.checks.append(checks.row_count(item.dataset, rows / units if units else None,
-                                              [v for _, v in history], q.row_count.band, q.row_count.severity))
+                                              [v for _, v in history], q.row_count.band, q.row_count.severity,
+                                              "rows past a watermark: a change feed has no usual size"
+                                              if change_feed else None))
         report.row_counts[f"{bronze} (rows per file)"] = [(r, int(v)) for r, v in history] \
             + [(ctx.run_id, int(rows / units) if units else 0)]
         for column, bounds in q.ranges.get(item.dataset, {}).items():

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import ray
-from pyiceberg.expressions import And, GreaterThanOrEqual, In, LessThan
+from pyiceberg.expressions import In
 from ray.data.expressions import col
 
 from features.declarations import FeatureSet
@@ -28,7 +28,7 @@ from features.engine import build_features, events_from_arrow, gold_arrow_schema
 from features.registry import feature_set
 from pipelines import digest, logs, ray_runtime
 from pipelines.context import RunContext
-from pipelines.io.lake import TableSpec
+from pipelines.io.lake import TableSpec, day_range, midnight
 from validation import schema_policy
 from validation.gold import contract as gold_contract
 
@@ -45,15 +45,6 @@ class GoldResult:
 
 def table_spec(fs: FeatureSet) -> TableSpec:
     return TableSpec(f"gold.{fs.name}", gold_arrow_schema(fs), day_partition=fs.as_of_column)
-
-
-def _midnight(day: dt.date) -> dt.datetime:
-    return dt.datetime.combine(day, dt.time(), dt.timezone.utc)
-
-
-def _ts_range(column: str, start: dt.date, end: dt.date):
-    """pyiceberg filter start <= column < end (days, UTC)."""
-    return And(GreaterThanOrEqual(column, _midnight(start).isoformat()), LessThan(column, _midnight(end).isoformat()))
 
 
 def silver_day_range(ctx: RunContext, identifier: str) -> Optional[Tuple[dt.date, dt.date]]:
@@ -181,7 +172,7 @@ def build(ctx: RunContext, fs: FeatureSet) -> GoldResult:
         return result
     gold = _compute(ctx, fs, first, last)
     result.rows_written = gold.count()
-    replaces = (col(fs.as_of_column) >= _midnight(first)) & (col(fs.as_of_column) <= _midnight(last))
+    replaces = (col(fs.as_of_column) >= midnight(first)) & (col(fs.as_of_column) <= midnight(last))
     snapshot = ctx.lake.write(gold, spec, ctx.commit_properties(bronze_runs=pending, as_of_first=str(first),
                                                                  as_of_last=str(last)),
                               overwrite_filter=replaces)
@@ -201,7 +192,7 @@ def _compute(ctx: RunContext, fs: FeatureSet, first: dt.date, last: dt.date) -> 
         {a.column for a in fs.aggregations if a.column} | {a.where.column for a in fs.aggregations if a.where}
         - {fs.entity.join_key, fs.timestamp_column}
     )
-    events_filter = _ts_range(fs.timestamp_column, first - window * DAY, last)
+    events_filter = day_range(fs.timestamp_column, first - window * DAY, last)
     entities = None
     if fs.attributes:
         entity_id = f"silver.{fs.entity_table}"
@@ -234,13 +225,13 @@ def rebuild(ctx: RunContext, fs: FeatureSet, start: dt.date, end: dt.date) -> Go
         return result
     ctx.read(silver_id)
     gold = _compute(ctx, fs, first, last)
-    in_interval = _ts_range(fs.as_of_column, first, last + DAY)
+    in_interval = day_range(fs.as_of_column, first, last + DAY)
     held = ctx.lake.read_ray(spec.identifier, in_interval)
-    if _digest(gold, spec) == _digest(held, spec):
+    if digest.dataset_digest(gold, spec.schema) == digest.dataset_digest(held, spec.schema):
         log.info("gold unchanged by the backfill", table=spec.identifier, as_of_first=str(first),
                  as_of_last=str(last))
         return result
-    replaces = (col(fs.as_of_column) >= _midnight(first)) & (col(fs.as_of_column) <= _midnight(last))
+    replaces = (col(fs.as_of_column) >= midnight(first)) & (col(fs.as_of_column) <= midnight(last))
     snapshot = ctx.lake.write(gold, spec, ctx.commit_properties(backfill=f"{start}..{end}", as_of_first=str(first),
                                                                  as_of_last=str(last)), overwrite_filter=replaces)
     ctx.wrote(spec.identifier, snapshot)
@@ -248,16 +239,6 @@ def rebuild(ctx: RunContext, fs: FeatureSet, start: dt.date, end: dt.date) -> Go
     log.info("gold backfilled", table=spec.identifier, rows=result.rows_written, as_of_first=str(first),
              as_of_last=str(last))
     return result
-
-
-def _digest(ds: ray.data.Dataset, spec: TableSpec) -> str:
-    """Content digest of a dataset's rows, in the table's column order and types."""
-    names = spec.schema.names
-
-    def partial(batch: pa.Table) -> dict:
-        return digest.partial_digest(batch.select(names).cast(spec.schema))
-
-    return digest.combine(ds.map_batches(partial, batch_format="pyarrow").to_pandas(), spec.schema)
 
 
 def content_digest(ctx: RunContext, identifier: str) -> str:

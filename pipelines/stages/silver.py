@@ -28,7 +28,7 @@ from pipelines import digest, logs, ray_runtime
 from pipelines.config import SourceConfig
 from pipelines.context import RunContext
 from pipelines.io import sources
-from pipelines.io.lake import TableSpec
+from pipelines.io.lake import TableSpec, day_range, midnight
 from pipelines.pii import tokenize
 from pipelines.quality.checks import count_present
 from pipelines.stages.bronze import INGESTED_UNITS, pending_runs, silver_extras, table_spec as bronze_spec
@@ -259,7 +259,7 @@ def refine_transactions(ctx: RunContext, source: SourceConfig, known_user_ids: L
     if n_valid:
         first_day, last_day = _day_bounds(valid)
         if ctx.lake.exists(silver.identifier):
-            existing = ctx.lake.read_arrow(silver.identifier, And(_days(first_day, last_day + DAY),
+            existing = ctx.lake.read_arrow(silver.identifier, And(day_range("ts", first_day, last_day + DAY),
                                                                   NotIn("_run_id", pending)),
                                            ["tx_id"]).column("tx_id").combine_chunks()
     deduped = _deduplicate(ctx, valid, existing)
@@ -277,15 +277,6 @@ def refine_transactions(ctx: RunContext, source: SourceConfig, known_user_ids: L
     log.info("silver written", table=silver.identifier, rows_in=rows_in, rows=n_silver,
              quarantined=result.quarantined, duplicates=result.duplicates)
     return result
-
-
-def _midnight(day: dt.date) -> dt.datetime:
-    return dt.datetime.combine(day, dt.time(), dt.timezone.utc)
-
-
-def _days(start: dt.date, end: dt.date):
-    """pyiceberg filter: events on days [start, end)."""
-    return And(GreaterThanOrEqual("ts", _midnight(start).isoformat()), LessThan("ts", _midnight(end).isoformat()))
 
 
 def _day_bounds(ds: ray.data.Dataset):
@@ -310,7 +301,7 @@ def rebuild_transactions(ctx: RunContext, source: SourceConfig, known_user_ids: 
     quarantine = quarantine_spec(source, bronze)
     silver = silver_transactions_spec(silver_extras(ctx, source))
     ctx.read(bronze.identifier)
-    lo, hi = _midnight(start), _midnight(end)
+    lo, hi = midnight(start), midnight(end)
     # bronze holds event times as the source's text: a wide text-range prefilter prunes files, the exact
     # test parses the text as silver does
     prefilter = And(GreaterThanOrEqual("ts", (start - DAY).isoformat()), LessThan("ts", (end + DAY).isoformat()))
@@ -329,14 +320,14 @@ def rebuild_transactions(ctx: RunContext, source: SourceConfig, known_user_ids: 
     result = SilverResult(rows_in, deduped.count(), bad.count(), valid.count() - deduped.count(), start, end - DAY)
     ctx.lake.ensure(silver, evolve=True)
     ctx.lake.ensure(quarantine, evolve=True)
-    held_silver = ctx.lake.read_ray(silver.identifier, _days(start, end))
-    if _digest(deduped, silver.schema) != _digest(held_silver, silver.schema):
+    held_silver = ctx.lake.read_ray(silver.identifier, day_range("ts", start, end))
+    if digest.dataset_digest(deduped, silver.schema) != digest.dataset_digest(held_silver, silver.schema):
         replaces = (col("ts") >= lo) & (col("ts") < hi)
         ctx.wrote(silver.identifier, ctx.lake.write(deduped, silver, ctx.commit_properties(backfill=f"{start}..{end}"),
                                                     overwrite_filter=replaces))
     held_bad = pa.Table.from_pandas(_in_interval(ctx.lake.read_arrow(quarantine.identifier, prefilter).to_pandas(),
                                                  lo, hi), schema=quarantine.schema, preserve_index=False)
-    if _digest(bad, quarantine.schema) != digest.table_digest(held_bad):
+    if digest.dataset_digest(bad, quarantine.schema) != digest.table_digest(held_bad):
         hashes = held_bad.column("_row_hash").to_pylist()
         replaces = col("_row_hash").is_in(hashes) if hashes else None
         ctx.wrote(quarantine.identifier, ctx.lake.write(bad, quarantine,
@@ -347,15 +338,6 @@ def rebuild_transactions(ctx: RunContext, source: SourceConfig, known_user_ids: 
              silver_changed=silver.identifier in ctx.tables_written,
              quarantine_changed=quarantine.identifier in ctx.tables_written)
     return result
-
-
-def _digest(ds: ray.data.Dataset, schema: pa.Schema) -> str:
-    names = schema.names
-
-    def partial(batch: pa.Table) -> dict:
-        return digest.partial_digest(batch.select(names).cast(schema))
-
-    return digest.combine(ds.map_batches(partial, batch_format="pyarrow").to_pandas(), schema)
 
 
 def known_user_ids(ctx: RunContext) -> List[int]:
