@@ -69,3 +69,48 @@ def test_gold_contract_is_derived_from_the_declaration():
     schema = gold.contract(fs)
     assert list(schema.columns) == ["user_id", "as_of", *fs.feature_names()]
     assert [c.name for c in schema.columns["tx_count_7d"].checks] == ["tx_count_7d_non_negative"]
+
+
+# --- the Arrow parsing against a second, plain-Python reading of the same rules ------------------------
+TRICKY_TEXT = ["12", "007", "-0", "+5", " 12", "12 ", "1e3", "12.5", "12.50", "12.505", ".5", "5.", "-3.25",
+               "99999999999999999", "999999999999999999", "9999999999999999999", "١٢", "", "   ", None, "x",
+               "2026-01-31T23:59:59.999999Z", "2026-01-31T23:59:59Z", "2026-01-31T23:59:59.1Z",
+               "2026-01-31T23:59:59+02:00", "2026-01-31T23:59:59-05:30", "2026-01-31T23:59:59",
+               "2026-01-31 23:59:59Z", "2026-01-31", "2026-13-01T00:00:00Z", "2026-02-30T00:00:00Z",
+               "2026-01-31T23:59:59.1234567Z", "not-a-timestamp", "2026-01-31T24:00:00Z", "2026-01-31T23:59:60Z",
+               "2026-01-31T23:59", "2026-01-31T23:59:59.5", "2026-01-31T23:59:59+0200", "0001-01-01T00:00:00Z",
+               "9999-12-31T23:59:59Z", "2026-1-5T00:00:00Z"]
+
+
+def _python_number(text, pattern, kind):
+    import re
+
+    if text is None or not re.fullmatch(pattern, text, flags=re.ASCII):
+        return None
+    return kind(text)
+
+
+def _python_instant(text):
+    if text is None:
+        return None
+    try:  # pandas' own ISO 8601 parser, one value at a time
+        value = pd.to_datetime(text, utc=True, format="ISO8601")
+    except (ValueError, TypeError):
+        return None
+    return None if pd.isna(value) else value.as_unit("us").to_pydatetime()
+
+
+def test_arrow_parsing_equals_a_plain_python_reading_of_the_rules():
+    import pyarrow as pa
+
+    table = pa.table({c: pa.array(TRICKY_TEXT, pa.string()) for c in ("tx_id", "user_id", "merchant_id", "amount",
+                                                                       "currency", "channel", "ts")}
+                     ).append_column("_malformed_line", pa.nulls(len(TRICKY_TEXT), pa.string()))
+    typed = transactions.parse(table)
+    ints = [_python_number(t, r"-?\d{1,18}", int) for t in TRICKY_TEXT]  # exact, also past 2**53
+    amounts = [_python_number(t, r"-?\d{1,16}(\.\d{1,2})?", float) for t in TRICKY_TEXT]
+    assert typed.column("user_id").to_pylist() == ints
+    assert typed.column("merchant_id").to_pylist() == ints
+    assert typed.column("amount").to_pylist() == amounts
+    assert typed.column("ts").to_pylist() == [_python_instant(t) for t in TRICKY_TEXT]
+    assert list(typed.column("_user_id_present").to_pylist()) == [t is not None and t.strip() != "" for t in TRICKY_TEXT]

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 import pyarrow as pyarrow
+import pyarrow.compute as pc
 
 from validation.rules import failed_rules
 
@@ -61,8 +62,14 @@ SILVER_SCHEMA = pyarrow.schema(
     ]
 )
 
-_AMOUNT = r"-?\d{1,16}(\.\d{1,2})?"
-_INTEGER = r"-?\d{1,18}"
+# Anchored patterns, matched by Arrow's RE2 kernels (ASCII digits only, no per-value Python call).
+_AMOUNT = r"^-?\d{1,16}(\.\d{1,2})?$"
+_INTEGER = r"^-?\d{1,18}$"
+# The ISO-8601 shapes Arrow's cast parses as pandas does (with a zone; without one = UTC, as pandas'
+# utc=True reads them). Anything else, and any value Arrow rejects, is parsed by pandas one value at a time.
+_ZONED_INSTANT = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$"
+_NAIVE_INSTANT = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?)?$"
+_UTC_US = pyarrow.timestamp("us", tz="UTC")
 
 
 @dataclass(frozen=True)
@@ -74,35 +81,93 @@ class TransactionRules:
     cutoff: dt.datetime  # exclusive: events at or after the run's logical end are rejected
 
 
-def _present(s: pd.Series) -> pd.Series:
-    return s.notna() & (s.astype("string").str.strip().str.len() > 0)
+def _text(column) -> pyarrow.ChunkedArray:
+    column = column if isinstance(column, pyarrow.ChunkedArray) else pyarrow.chunked_array([column])
+    return column.cast(pyarrow.string())
 
 
-def _parsed_ints(s: pd.Series) -> pd.Series:
-    ok = s.astype("string").str.fullmatch(_INTEGER).fillna(False).astype(bool)
-    return pd.to_numeric(s.where(ok), errors="coerce").astype("Int64")
+def _matches(text: pyarrow.ChunkedArray, pattern: str) -> pyarrow.ChunkedArray:
+    return pc.fill_null(pc.match_substring_regex(text, pattern), False)
 
 
-def parse(raw: pd.DataFrame) -> pd.DataFrame:
-    """Typed columns next to the raw ones; a value that does not parse becomes null."""
-    amount_ok = raw["amount"].astype("string").str.fullmatch(_AMOUNT).fillna(False).astype(bool)
-    return pd.DataFrame(
+def present(text: pyarrow.ChunkedArray) -> np.ndarray:
+    """Has a value: not null and not blank."""
+    trimmed = pc.utf8_length(pc.utf8_trim_whitespace(_text(text)))
+    return pc.fill_null(pc.greater(trimmed, 0), False).to_numpy(zero_copy_only=False)
+
+
+def _parsed(text: pyarrow.ChunkedArray, pattern: str, to: pyarrow.DataType) -> pyarrow.ChunkedArray:
+    """The values matching `pattern` cast to `to`; null elsewhere."""
+    return pc.if_else(_matches(text, pattern), text, pyarrow.scalar(None, pyarrow.string())).cast(to)
+
+
+def _cast_where_valid(text: pyarrow.Array, to: pyarrow.DataType) -> Tuple[pyarrow.Array, np.ndarray]:
+    """`text` cast to `to`, and which values Arrow rejected (null in the result). One cast for a clean
+    batch; a batch with a rejected value is halved until each rejected value stands alone."""
+    try:
+        return text.cast(to), np.zeros(len(text), dtype=bool)
+    except pyarrow.ArrowInvalid:
+        if len(text) == 1:
+            return pyarrow.nulls(1, to), np.ones(1, dtype=bool)
+    half = len(text) // 2
+    (head, head_bad), (tail, tail_bad) = _cast_where_valid(text[:half], to), _cast_where_valid(text[half:], to)
+    return pyarrow.concat_arrays([head, tail]), np.concatenate([head_bad, tail_bad])
+
+
+def _pandas_instant(text: str):
+    """pandas' ISO 8601 reading of one value (None when it does not parse). One value at a time: over a
+    whole array pandas carries a zone offset over to the zone-less values that follow it."""
+    try:
+        value = pd.to_datetime(text, utc=True, format="ISO8601")
+    except (ValueError, TypeError, OverflowError):
+        return None
+    return None if pd.isna(value) else value.as_unit("us").to_datetime64()
+
+
+def parse_instants(text: pyarrow.ChunkedArray) -> pyarrow.ChunkedArray:
+    """ISO-8601 text -> UTC microseconds, null where it does not parse (as pandas' ISO 8601 parser reads
+    each value). The common shapes go through Arrow's cast; the rest through pandas."""
+    text = _text(text).combine_chunks()
+    none = pyarrow.scalar(None, pyarrow.string())
+    zoned, naive = _matches(text, _ZONED_INSTANT), _matches(text, _NAIVE_INSTANT)
+    zoned_values, zoned_bad = _cast_where_valid(pc.if_else(zoned, text, none), _UTC_US)
+    naive_values, naive_bad = _cast_where_valid(pc.if_else(naive, text, none), pyarrow.timestamp("us"))
+    parsed = pc.if_else(zoned, zoned_values, pc.assume_timezone(naive_values, "UTC"))
+    # what pandas cannot hold (its nanosecond range, ~1677-2262) does not parse there either
+    in_range = pc.and_(pc.greater_equal(parsed, pyarrow.scalar(pd.Timestamp.min.ceil("us"), _UTC_US)),
+                       pc.less_equal(parsed, pyarrow.scalar(pd.Timestamp.max.floor("us"), _UTC_US)))
+    parsed = pc.if_else(in_range, parsed, pyarrow.scalar(None, _UTC_US))
+    done = (zoned.to_numpy(zero_copy_only=False) & ~zoned_bad) | (naive.to_numpy(zero_copy_only=False) & ~naive_bad)
+    rest = ~done & pc.is_valid(text).to_numpy(zero_copy_only=False)
+    if not rest.any():
+        return pyarrow.chunked_array([parsed])
+    values = parsed.cast(pyarrow.int64()).to_numpy(zero_copy_only=False).astype("datetime64[us]")
+    slow = [_pandas_instant(v) for v in text.filter(pyarrow.array(rest)).to_pylist()]
+    values[rest] = np.array([np.datetime64("NaT") if v is None else v for v in slow], dtype="datetime64[us]")
+    return pyarrow.chunked_array([pyarrow.array(values, pyarrow.timestamp("us"), from_pandas=True).cast(_UTC_US)])
+
+
+def parse(raw: pyarrow.Table) -> pyarrow.Table:
+    """Typed columns (a value that does not parse becomes null) and what the contract checks on text."""
+    return pyarrow.table(
         {
-            "tx_id": raw["tx_id"],
-            "user_id": _parsed_ints(raw["user_id"]),
-            "merchant_id": _parsed_ints(raw["merchant_id"]),
-            "amount": pd.to_numeric(raw["amount"].where(amount_ok), errors="coerce"),
-            "currency": raw["currency"],
-            "channel": raw["channel"],
-            "ts": pd.to_datetime(raw["ts"], utc=True, errors="coerce", format="ISO8601"),
-            "_raw_user_id": raw["user_id"],
-            "_raw_merchant_id": raw["merchant_id"],
-            "_raw_amount": raw["amount"],
-            "_raw_ts": raw["ts"],
-            "_malformed_line": raw["_malformed_line"],
-        },
-        index=raw.index,
+            "tx_id": _text(raw.column("tx_id")),
+            "user_id": _parsed(_text(raw.column("user_id")), _INTEGER, pyarrow.int64()),
+            "merchant_id": _parsed(_text(raw.column("merchant_id")), _INTEGER, pyarrow.int64()),
+            "amount": _parsed(_text(raw.column("amount")), _AMOUNT, pyarrow.float64()),
+            "currency": _text(raw.column("currency")),
+            "channel": _text(raw.column("channel")),
+            "ts": parse_instants(raw.column("ts")),
+            "_tx_id_present": present(raw.column("tx_id")),
+            "_user_id_present": present(raw.column("user_id")),
+            "_well_formed": pc.is_null(raw.column("_malformed_line")),
+        }
     )
+
+
+def _for_pandera(typed: pyarrow.Table) -> pd.DataFrame:
+    """Nullable integers stay integers (Int64), so `isin` on known ids compares exactly."""
+    return typed.to_pandas(types_mapper={pyarrow.int64(): pd.Int64Dtype()}.get)
 
 
 def contract(rules: TransactionRules) -> pa.DataFrameSchema:
@@ -114,7 +179,6 @@ def contract(rules: TransactionRules) -> pa.DataFrameSchema:
 
     return pa.DataFrameSchema(
         {
-            "tx_id": pa.Column(nullable=True, checks=check(_present, "tx_id_present", ignore_na=False)),
             "user_id": pa.Column(
                 nullable=True, checks=check(lambda s: s.isin(known), "user_id_known")
             ),
@@ -131,9 +195,10 @@ def contract(rules: TransactionRules) -> pa.DataFrameSchema:
             "ts": pa.Column(nullable=True, checks=check(lambda s: s < cutoff, "ts_not_after_cutoff")),
         },
         checks=[
-            check(lambda d: d["_malformed_line"].isna(), "line_well_formed", False),
-            check(lambda d: _present(d["_raw_user_id"]), "user_id_present", False),
-            check(lambda d: ~_present(d["_raw_user_id"]) | d["user_id"].notna(), "user_id_parseable", False),
+            check(lambda d: d["_well_formed"], "line_well_formed", False),
+            check(lambda d: d["_tx_id_present"], "tx_id_present", False),
+            check(lambda d: d["_user_id_present"], "user_id_present", False),
+            check(lambda d: ~d["_user_id_present"] | d["user_id"].notna(), "user_id_parseable", False),
             check(lambda d: d["merchant_id"].notna(), "merchant_id_parseable", False),
             check(lambda d: d["amount"].notna(), "amount_parseable", False),
             check(lambda d: d["ts"].notna(), "ts_parseable", False),
@@ -141,32 +206,34 @@ def contract(rules: TransactionRules) -> pa.DataFrameSchema:
     )
 
 
-def check_transactions(raw: pd.DataFrame, rules: TransactionRules) -> Tuple[pd.DataFrame, pd.Series]:
-    """(typed frame, failed rules per row). The typed frame is only meaningful where no rule failed."""
-    raw = raw.reset_index(drop=True)
+def check_transactions(raw: pyarrow.Table | pd.DataFrame, rules: TransactionRules) -> Tuple[pyarrow.Table, pd.Series]:
+    """(typed table, failed rules per row). The typed table is only meaningful where no rule failed."""
+    if isinstance(raw, pd.DataFrame):
+        raw = pyarrow.Table.from_pandas(raw.reset_index(drop=True), preserve_index=False)
     typed = parse(raw)
-    failures = failed_rules(contract(rules), typed, RULES)
+    failures = failed_rules(contract(rules), _for_pandera(typed), RULES)
     # A malformed line has no trustworthy fields: report only that.
-    malformed = raw["_malformed_line"].notna()
+    malformed = ~typed.column("_well_formed").to_numpy()
     failures = failures.where(~malformed, "line_well_formed")
     return typed, failures
 
 
-def to_silver_arrow(typed: pd.DataFrame, raw: pd.DataFrame) -> pyarrow.Table:
-    """Valid rows only: the typed columns plus lineage, in the silver schema."""
-    amount = pyarrow.array(raw["amount"].astype("string"), type=pyarrow.string()).cast(pyarrow.decimal128(18, 2))
+def to_silver_arrow(valid: pyarrow.Table) -> pyarrow.Table:
+    """Valid bronze rows -> the silver schema: typed columns plus lineage. Amounts are cast from the
+    source text straight to decimal (exact), not through the float the range check used."""
+    typed = parse(valid)
     return pyarrow.table(
         {
-            "tx_id": pyarrow.array(typed["tx_id"], pyarrow.string()),
-            "user_id": pyarrow.array(typed["user_id"].astype("int64"), pyarrow.int64()),
-            "merchant_id": pyarrow.array(typed["merchant_id"].astype("int64"), pyarrow.int64()),
-            "amount": amount,
-            "currency": pyarrow.array(typed["currency"], pyarrow.string()),
-            "channel": pyarrow.array(typed["channel"], pyarrow.string()),
-            "ts": pyarrow.array(typed["ts"], pyarrow.timestamp("us", tz="UTC")),
-            "_source_file": pyarrow.array(raw["_source_file"], pyarrow.string()),
-            "_row_hash": pyarrow.array(raw["_row_hash"], pyarrow.string()),
-            "_run_id": pyarrow.array(raw["_run_id"], pyarrow.string()),
+            "tx_id": typed.column("tx_id"),
+            "user_id": typed.column("user_id"),
+            "merchant_id": typed.column("merchant_id"),
+            "amount": _text(valid.column("amount")).cast(pyarrow.decimal128(18, 2)),
+            "currency": typed.column("currency"),
+            "channel": typed.column("channel"),
+            "ts": typed.column("ts"),
+            "_source_file": _text(valid.column("_source_file")),
+            "_row_hash": _text(valid.column("_row_hash")),
+            "_run_id": _text(valid.column("_run_id")),
         },
         schema=SILVER_SCHEMA,
     )

@@ -24,7 +24,7 @@ from pyiceberg.expressions import And, EqualTo, GreaterThanOrEqual, In, LessThan
 from ray.data.aggregate import Max, Min
 from ray.data.expressions import col
 
-from pipelines import digest, logs, ray_runtime
+from pipelines import digest, logs
 from pipelines.config import SourceConfig
 from pipelines.context import RunContext
 from pipelines.io import sources
@@ -37,7 +37,6 @@ from validation import schema_policy
 from validation.rules import join_reasons
 from validation import users as users_contract
 
-DEDUP_BUCKETS = 16
 DAY = dt.timedelta(days=1)
 VALIDATION_BATCH_ROWS = 250_000
 
@@ -150,7 +149,7 @@ def refine_users(ctx: RunContext, source: SourceConfig, pii_key: bytes) -> Silve
 
 
 # --- transactions: the large fact table, refined on Ray ---------------------------------------------
-def _annotate(batch: pd.DataFrame, rules: tx_contract.TransactionRules, schema: pa.Schema,
+def _annotate(batch: pa.Table, rules: tx_contract.TransactionRules, schema: pa.Schema,
               discard_rows: Dict[str, object] | None = None) -> pa.Table:
     """Bronze rows plus `_failed_rules`, typed explicitly: an all-valid batch must still yield strings.
     With `discard_rows` (the discard_row schema policy) rows with a value in a new column or from a file
@@ -158,27 +157,30 @@ def _annotate(batch: pd.DataFrame, rules: tx_contract.TransactionRules, schema: 
     _, failures = tx_contract.check_transactions(batch, rules)
     if discard_rows:
         new = list(discard_rows["new"])  # type: ignore[arg-type]
-        reasons = schema_policy.row_reasons({c: batch[c].to_numpy() for c in new}, new,
-                                            batch["_source_file"].to_numpy(), discard_rows["missing_by_file"])  # type: ignore[arg-type]
+        reasons = schema_policy.row_reasons({c: batch.column(c).to_numpy(zero_copy_only=False) for c in new}, new,
+                                            batch.column("_source_file").to_numpy(zero_copy_only=False),
+                                            discard_rows["missing_by_file"])  # type: ignore[arg-type]
         failures = join_reasons(reasons.set_axis(failures.index), failures)
-    table = pa.Table.from_pandas(batch.reset_index(drop=True)[schema.names[:-1]], schema=pa.schema(list(schema)[:-1]),
-                                 preserve_index=False)
+    table = batch.select(schema.names[:-1]).cast(pa.schema(list(schema)[:-1]))
     return table.append_column(schema.field("_failed_rules"), pa.array(failures.to_numpy(), pa.string(), from_pandas=True))
 
 
-def _quarantined(batch: pd.DataFrame, schema: pa.Schema) -> pa.Table:
-    bad = batch.loc[batch["_failed_rules"].notna()]
-    return pa.Table.from_pandas(bad[schema.names], schema=schema, preserve_index=False)
+def _quarantined(batch: pa.Table, schema: pa.Schema) -> pa.Table:
+    return batch.filter(pc.is_valid(batch.column("_failed_rules"))).select(schema.names)
 
 
-def _valid(batch: pd.DataFrame, extras: List[str]) -> pa.Table:
-    good = batch.loc[batch["_failed_rules"].isna()].reset_index(drop=True)
-    typed = tx_contract.parse(good)
-    table = tx_contract.to_silver_arrow(typed, good)
+def _valid(batch: pa.Table, extras: List[str]) -> pa.Table:
+    good = batch.filter(pc.is_null(batch.column("_failed_rules")))
+    table = tx_contract.to_silver_arrow(good)
     for column in extras:  # columns silver evolved to carry, as the text bronze holds
-        table = table.append_column(pa.field(column, pa.string()), pa.array(good[column], pa.string(), from_pandas=True))
-    bucket = pd.util.hash_pandas_object(good["tx_id"], index=False).to_numpy() % DEDUP_BUCKETS
-    return table.append_column("_bucket", pa.array(bucket.astype(np.int64)))
+        table = table.append_column(pa.field(column, pa.string()), good.column(column).cast(pa.string()))
+    return table
+
+
+def _present_counts(batch: pa.Table, columns: List[str]) -> pa.Table:
+    """One row: how many rows of the batch have a non-blank value, per column (the completeness checks)."""
+    return pa.table({"_rows": [batch.num_rows],
+                     **{c: [int(tx_contract.present(batch.column(c)).sum())] for c in columns}})
 
 
 def _first_occurrences(group: pa.Table, existing: pa.Array) -> pa.Table:
@@ -189,7 +191,13 @@ def _first_occurrences(group: pa.Table, existing: pa.Array) -> pa.Table:
     ids = group.column("tx_id").to_numpy(zero_copy_only=False)
     first = np.r_[True, ids[1:] != ids[:-1]] if len(ids) else np.zeros(0, dtype=bool)
     known = pc.is_in(group.column("tx_id"), value_set=existing).to_numpy(zero_copy_only=False)
-    return group.filter(pa.array(first & ~known)).drop_columns(["_bucket"])
+    return group.filter(pa.array(first & ~known))
+
+
+def _rows_with_ids(batch: pa.Table, ids: pa.Array, keep: bool) -> pa.Table:
+    """The rows whose tx_id is in `ids` (keep=True) or not in it (keep=False)."""
+    hit = pc.is_in(batch.column("tx_id"), value_set=ids)
+    return batch.filter(hit if keep else pc.invert(hit))
 
 
 def _rules(ctx: RunContext, known_user_ids: List[int]) -> tx_contract.TransactionRules:
@@ -203,17 +211,25 @@ def _rules(ctx: RunContext, known_user_ids: List[int]) -> tx_contract.Transactio
 
 
 def _deduplicate(ctx: RunContext, valid: ray.data.Dataset, existing: pa.Array) -> ray.data.Dataset:
-    """First occurrences of each tx_id not in `existing`: on the driver for small inputs (a 16-way shuffle
-    costs ~10 s of task overhead on 2 cores whatever the size), by tx_id hash bucket on Ray otherwise."""
+    """First occurrences of each tx_id not in `existing`. Small inputs on the driver. Larger ones without
+    a shuffle: duplicates are rare, so only the tx_id column comes to the driver to find the contested
+    ids; rows with any other id stay where they are (keeping blocks, and so files, clustered by day), and
+    the few contested rows are settled on the driver by the same rule."""
     rows = valid.count()
+    if rows == 0:
+        return valid
     if rows <= ctx.cfg.ray.local_max_rows:
-        table = pa.concat_tables(ray.get(valid.to_arrow_refs())) if rows else None
-        if table is None:
-            return valid.map_batches(lambda b: b.drop_columns(["_bucket"]), batch_format="pyarrow").materialize()
-        return ray.data.from_arrow(_first_occurrences(table, existing))
-    ray_runtime.choose_shuffle(ctx.cfg.ray, rows)
-    return valid.groupby("_bucket", num_partitions=DEDUP_BUCKETS).map_groups(
-        _first_occurrences, fn_kwargs={"existing": existing}, batch_format="pyarrow").materialize()
+        return ray.data.from_arrow(_first_occurrences(pa.concat_tables(ray.get(valid.to_arrow_refs())), existing))
+    ids = pa.chunked_array([t.column("tx_id") for t in ray.get(valid.select_columns(["tx_id"]).to_arrow_refs())])
+    counts = pc.value_counts(ids)
+    contested = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+    dropped = pa.concat_arrays([contested.cast(pa.string()), existing.cast(pa.string())])
+    singles = valid.map_batches(_rows_with_ids, fn_kwargs={"ids": dropped, "keep": False}, batch_format="pyarrow")
+    if len(contested) == 0:
+        return singles.materialize()
+    disputed = valid.map_batches(_rows_with_ids, fn_kwargs={"ids": contested, "keep": True}, batch_format="pyarrow")
+    winners = _first_occurrences(pa.concat_tables(ray.get(disputed.to_arrow_refs())), existing)
+    return singles.union(ray.data.from_arrow(winners)).materialize()
 
 
 def refine_transactions(ctx: RunContext, source: SourceConfig, known_user_ids: List[int]) -> SilverResult:
@@ -242,17 +258,17 @@ def refine_transactions(ctx: RunContext, source: SourceConfig, known_user_ids: L
         ctx.lake.read_ray(bronze.identifier, In("_run_id", pending))
         # large batches: pandera's fixed cost per validate() call (~0.3 s) dominates small blocks
         .map_batches(_annotate, fn_kwargs={"rules": rules, "schema": quarantine.schema, "discard_rows": discard_rows},
-                     batch_format="pandas",
+                     batch_format="pyarrow",
                      batch_size=VALIDATION_BATCH_ROWS)
         .materialize()
     )
     rows_in = checked.count()
     # what the quality gate's completeness checks need, counted on the rows already in memory
-    counted = checked.map_batches(count_present, fn_kwargs={"columns": list(source.columns)},
-                                  batch_format="pandas").to_pandas()
+    counted = checked.map_batches(_present_counts, fn_kwargs={"columns": list(source.columns)},
+                                  batch_format="pyarrow").to_pandas()
     present = {c: int(counted[c].sum()) for c in source.columns}
-    bad = checked.map_batches(_quarantined, fn_kwargs={"schema": quarantine.schema}, batch_format="pandas")
-    valid = checked.map_batches(_valid, fn_kwargs={"extras": extras}, batch_format="pandas").materialize()
+    bad = checked.map_batches(_quarantined, fn_kwargs={"schema": quarantine.schema}, batch_format="pyarrow")
+    valid = checked.map_batches(_valid, fn_kwargs={"extras": extras}, batch_format="pyarrow").materialize()
     n_valid = valid.count()
     first_day = last_day = None
     existing = pa.array([], pa.string())
@@ -285,9 +301,10 @@ def _day_bounds(ds: ray.data.Dataset):
 
 
 # --- backfill: silver rebuilt from all of bronze for an interval of event days ----------------------
-def _in_interval(batch: pd.DataFrame, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
-    ts = pd.to_datetime(batch["ts"], utc=True, errors="coerce", format="ISO8601")
-    return batch.loc[(ts >= start) & (ts < end)]
+def _in_interval(batch: pa.Table, start: dt.datetime, end: dt.datetime) -> pa.Table:
+    ts = tx_contract.parse_instants(batch.column("ts"))
+    inside = pc.and_(pc.greater_equal(ts, pa.scalar(start, ts.type)), pc.less(ts, pa.scalar(end, ts.type)))
+    return batch.filter(pc.fill_null(inside, False))
 
 
 def rebuild_transactions(ctx: RunContext, source: SourceConfig, known_user_ids: List[int], start: dt.date,
@@ -307,15 +324,15 @@ def rebuild_transactions(ctx: RunContext, source: SourceConfig, known_user_ids: 
     prefilter = And(GreaterThanOrEqual("ts", (start - DAY).isoformat()), LessThan("ts", (end + DAY).isoformat()))
     checked = (
         ctx.lake.read_ray(bronze.identifier, prefilter)
-        .map_batches(_in_interval, fn_kwargs={"start": lo, "end": hi}, batch_format="pandas")
+        .map_batches(_in_interval, fn_kwargs={"start": lo, "end": hi}, batch_format="pyarrow")
         .map_batches(_annotate, fn_kwargs={"rules": _rules(ctx, known_user_ids), "schema": quarantine.schema},
-                     batch_format="pandas", batch_size=VALIDATION_BATCH_ROWS)
+                     batch_format="pyarrow", batch_size=VALIDATION_BATCH_ROWS)
         .materialize()
     )
     rows_in = checked.count()
-    bad = checked.map_batches(_quarantined, fn_kwargs={"schema": quarantine.schema}, batch_format="pandas").materialize()
+    bad = checked.map_batches(_quarantined, fn_kwargs={"schema": quarantine.schema}, batch_format="pyarrow").materialize()
     valid = checked.map_batches(_valid, fn_kwargs={"extras": silver_extras(ctx, source)},
-                                batch_format="pandas").materialize()
+                                batch_format="pyarrow").materialize()
     deduped = _deduplicate(ctx, valid, pa.array([], pa.string()))
     result = SilverResult(rows_in, deduped.count(), bad.count(), valid.count() - deduped.count(), start, end - DAY)
     ctx.lake.ensure(silver, evolve=True)
@@ -325,8 +342,7 @@ def rebuild_transactions(ctx: RunContext, source: SourceConfig, known_user_ids: 
         replaces = (col("ts") >= lo) & (col("ts") < hi)
         ctx.wrote(silver.identifier, ctx.lake.write(deduped, silver, ctx.commit_properties(backfill=f"{start}..{end}"),
                                                     overwrite_filter=replaces))
-    held_bad = pa.Table.from_pandas(_in_interval(ctx.lake.read_arrow(quarantine.identifier, prefilter).to_pandas(),
-                                                 lo, hi), schema=quarantine.schema, preserve_index=False)
+    held_bad = _in_interval(ctx.lake.read_arrow(quarantine.identifier, prefilter), lo, hi).cast(quarantine.schema)
     if digest.dataset_digest(bad, quarantine.schema) != digest.table_digest(held_bad):
         hashes = held_bad.column("_row_hash").to_pylist()
         replaces = col("_row_hash").is_in(hashes) if hashes else None
