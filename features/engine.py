@@ -22,7 +22,7 @@ is day `lo + c`. An as-of day `a` with index `j = a - first_as_of` sees window N
 from __future__ import annotations
 
 import datetime as dt
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -71,6 +71,29 @@ def _sort_codes(values: pd.Series) -> np.ndarray:
     return np.where(codes < 0, np.iinfo(np.int64).max, codes)
 
 
+def sort_order(keys: List[np.ndarray]) -> np.ndarray:
+    """The stable order of rows by `keys` (most significant first), as np.lexsort(keys[::-1]) gives it.
+    Two stable argsorts on the first two keys (entity, time) do the work; the later keys only decide
+    among rows tied on both, which are few, so np.lexsort (slow: ~3 s per 2M rows x 4 keys) sees only those."""
+    order = np.arange(len(keys[0]))
+    for key in reversed(keys[:2]):
+        order = order[np.argsort(key[order], kind="stable")]
+    if len(keys) <= 2 or len(order) < 2:
+        return order
+    tied = np.ones(len(order) - 1, dtype=bool)  # row i and i+1 (in order) equal on the first two keys
+    for key in keys[:2]:
+        ranked = key[order]
+        tied &= ranked[1:] == ranked[:-1]
+    if not tied.any():
+        return order
+    in_run = np.r_[tied, False] | np.r_[False, tied]
+    positions = np.flatnonzero(in_run)
+    run = np.cumsum(np.r_[True, ~tied])[positions]  # a run's rows share its number; runs stay in place
+    members = order[positions]
+    order[positions] = members[np.lexsort([k[members] for k in reversed(keys[2:])] + [run])]
+    return order
+
+
 class _Grid:
     """Events of one batch of entities placed on an (entity x day) grid."""
 
@@ -87,8 +110,7 @@ class _Grid:
         sort_cols = [key, fs.timestamp_column] + sorted(
             {a.column for a in fs.aggregations if a.column} - {key, fs.timestamp_column}
         )
-        # np.lexsort on sortable codes: several times faster than DataFrame.sort_values on a million rows
-        order = np.lexsort([_sort_codes(ev[c]) for c in reversed(sort_cols)])
+        order = sort_order([_sort_codes(ev[c]) for c in sort_cols])
         self.events = ev.iloc[order].reset_index(drop=True)
         self.keys, entity_codes = np.unique(self.events[key].to_numpy(), return_inverse=True)
         self.E = len(self.keys)

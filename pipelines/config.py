@@ -95,6 +95,11 @@ class RayConfig:
     # Inputs up to this many rows are deduplicated (silver) and computed (gold) on the driver, with the
     # same pure functions the Ray tasks run: below it Ray's per-task overhead dominates. 0: always Ray.
     local_max_rows: int = 500_000
+    # Gold feature sets whose input has up to this many events are computed by the engine in the driver
+    # process, and written as one dataset: on a single machine a hash shuffle across Ray tasks costs
+    # more than it saves (10M events: ~1 min in one process vs ~4 min through 8 Ray partitions on 2
+    # cores). Above it, and always when 0 (cluster profile), entities are hash-partitioned over Ray.
+    gold_local_max_events: int = 500_000
     # Joining a cluster: ship this project's packages to the workers (Ray runtime env py_modules), and
     # forward these environment variables (when set on the driver) so workers reach the object store and
     # databases with the driver's credentials.

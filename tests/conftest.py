@@ -65,7 +65,7 @@ def pipeline_run(tmp_path_factory, ray_session):
     data_dir = tmp_path_factory.mktemp("e2e")
     # every transform on Ray, as at scale (small inputs would otherwise be deduplicated and built on the
     # driver); the other end-to-end tests take the default and so cover the driver path
-    cfg = small_config(data_dir, "ray.local_max_rows=0")
+    cfg = small_config(data_dir, "ray.local_max_rows=0", "ray.gold_local_max_events=0")
     planted = generate(cfg.sample)
     header = "tx_id,user_id,merchant_id,amount,currency,channel,ts"
     (Path(cfg.sample.output_dir) / "transactions" / "boundary.csv").write_text(

@@ -167,3 +167,13 @@ def test_empty_events_give_no_rows():
     out = engine(rows, EVERY_KIND, dt.date(2026, 3, 2), dt.date(2026, 3, 3))
     assert len(out) == 0
     assert list(to_arrow(out, EVERY_KIND).schema.names)[:2] == ["user_id", "as_of"]
+
+
+@given(columns=st.integers(1, 5), rows=st.integers(0, 60), spread=st.integers(1, 4), seed=st.integers(0, 2**31))
+def test_sort_order_equals_numpy_lexsort(columns, rows, spread, seed):
+    """The engine's two-key sort with tie-breaking equals np.lexsort (small spreads force many ties)."""
+    from features.engine import sort_order
+
+    rng = np.random.default_rng(seed)
+    keys = [rng.integers(-spread, spread, rows) for _ in range(columns)]
+    assert sort_order(keys).tolist() == np.lexsort(keys[::-1]).tolist()

@@ -21,7 +21,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 from pyiceberg.expressions import And, EqualTo, GreaterThanOrEqual, In, LessThan, NotIn
-from ray.data.aggregate import Max, Min
 from ray.data.expressions import col
 
 from pipelines import digest, logs
@@ -295,9 +294,15 @@ def refine_transactions(ctx: RunContext, source: SourceConfig, known_user_ids: L
     return result
 
 
+def _ts_bounds(batch: pa.Table) -> pa.Table:
+    bounds = pc.min_max(batch.column("ts"))
+    return pa.table({"first": [bounds["min"].as_py()], "last": [bounds["max"].as_py()]})
+
+
 def _day_bounds(ds: ray.data.Dataset):
-    bounds = ds.aggregate(Min("ts"), Max("ts"))
-    return bounds["min(ts)"].date(), bounds["max(ts)"].date()
+    """First and last event day: a min/max per block (Ray's global aggregate costs seconds more)."""
+    bounds = ds.map_batches(_ts_bounds, batch_format="pyarrow").to_pandas()
+    return bounds["first"].min().date(), bounds["last"].max().date()
 
 
 # --- backfill: silver rebuilt from all of bronze for an interval of event days ----------------------
