@@ -92,13 +92,13 @@ class RayConfig:
     # Ray Data's shuffle for group-bys: auto | sort_shuffle_pull_based | hash_shuffle (see ray_runtime)
     shuffle_strategy: str = "auto"
     hash_shuffle_from_rows: int = 2_000_000
-    # Inputs up to this many rows are deduplicated (silver) and computed (gold) on the driver, with the
-    # same pure functions the Ray tasks run: below it Ray's per-task overhead dominates. 0: always Ray.
+    # Silver inputs up to this many rows are deduplicated on the driver (above it only the contested ids
+    # come to the driver): below it Ray's per-task overhead dominates. 0: always through Ray.
     local_max_rows: int = 500_000
-    # Gold feature sets whose input has up to this many events are computed by the engine in the driver
-    # process, and written as one dataset: on a single machine a hash shuffle across Ray tasks costs
-    # more than it saves (10M events: ~1 min in one process vs ~4 min through 8 Ray partitions on 2
-    # cores). Above it, and always when 0 (cluster profile), entities are hash-partitioned over Ray.
+    # Gold is computed by the engine in the driver process while silver holds up to this many events:
+    # on a single machine a hash shuffle across Ray tasks costs more than it saves (10M events: ~1 min in
+    # one process vs ~4 min through 8 Ray partitions on 2 cores). Above it, and always when 0 (cluster
+    # profile), entities are hash-partitioned over Ray.
     gold_local_max_events: int = 500_000
     # Joining a cluster: ship this project's packages to the workers (Ray runtime env py_modules), and
     # forward these environment variables (when set on the driver) so workers reach the object store and

@@ -273,3 +273,15 @@ def test_no_raw_pii_anywhere_past_bronze(pipeline_run):
     # the online store really holds tokens-free values: it holds features only
     silver_users = table_frame(summary, "silver.users")
     assert silver_users["email"].str.fullmatch(r"[0-9a-f]{64}").all()
+
+
+def test_gold_content_digest_streamed_on_the_driver_equals_the_digest_through_ray(pipeline_run):
+    """The run's gold digests (read back batch by batch in the driver) equal the same digest taken over a
+    Ray read of each table, split into blocks by data file."""
+    from pipelines import digest
+    from pipelines.io.lake import Lake
+
+    lake = Lake(pipeline_run["cfg"].catalog)
+    for identifier, recorded in pipeline_run["summary"]["gold_digests"].items():
+        schema = lake.table(identifier).schema().as_arrow()
+        assert digest.dataset_digest(lake.read_ray(identifier), schema) == recorded

@@ -67,7 +67,7 @@ _AMOUNT = r"^-?\d{1,16}(\.\d{1,2})?$"
 _INTEGER = r"^-?\d{1,18}$"
 # The ISO-8601 shapes Arrow's cast parses as pandas does (with a zone; without one = UTC, as pandas'
 # utc=True reads them). Anything else, and any value Arrow rejects, is parsed by pandas one value at a time.
-_ZONED_INSTANT = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$"
+_ZONED_INSTANT = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}(:?\d{2})?)$"
 _NAIVE_INSTANT = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?)?$"
 _UTC_US = pyarrow.timestamp("us", tz="UTC")
 
@@ -141,7 +141,7 @@ def parse_instants(text: pyarrow.ChunkedArray) -> pyarrow.ChunkedArray:
     rest = ~done & pc.is_valid(text).to_numpy(zero_copy_only=False)
     if not rest.any():
         return pyarrow.chunked_array([parsed])
-    values = parsed.cast(pyarrow.int64()).to_numpy(zero_copy_only=False).astype("datetime64[us]")
+    values = parsed.cast(pyarrow.timestamp("us")).to_numpy(zero_copy_only=False)  # NaT for null, exact
     slow = [_pandas_instant(v) for v in text.filter(pyarrow.array(rest)).to_pylist()]
     values[rest] = np.array([np.datetime64("NaT") if v is None else v for v in slow], dtype="datetime64[us]")
     return pyarrow.chunked_array([pyarrow.array(values, pyarrow.timestamp("us"), from_pandas=True).cast(_UTC_US)])

@@ -200,7 +200,7 @@ def _compute(ctx: RunContext, fs: FeatureSet, first: dt.date, last: dt.date) -> 
         columns = [fs.entity.join_key] + sorted({a.column for a in fs.attributes})
         entities = ctx.lake.read_arrow(entity_id, columns=columns).to_pandas()
     silver_rows = ctx.lake.row_count(silver_id)
-    if silver_rows <= max(ctx.cfg.ray.local_max_rows, ctx.cfg.ray.gold_local_max_events):  # the driver, no shuffle
+    if silver_rows <= ctx.cfg.ray.gold_local_max_events:  # the engine in this process, no shuffle
         events = ctx.lake.read_arrow(silver_id, events_filter, needed)
         return ray.data.from_arrow(compute_local(events, fs, first, last, entities))
     ray_runtime.choose_shuffle(ctx.cfg.ray, silver_rows)

@@ -193,6 +193,12 @@ def _first_occurrences(group: pa.Table, existing: pa.Array) -> pa.Table:
     return group.filter(pa.array(first & ~known))
 
 
+def contested_ids(ids: pa.ChunkedArray) -> pa.Array:
+    """The tx_ids that occur more than once."""
+    counts = pc.value_counts(ids)
+    return counts.field("values").filter(pc.greater(counts.field("counts"), 1)).cast(pa.string())
+
+
 def _rows_with_ids(batch: pa.Table, ids: pa.Array, keep: bool) -> pa.Table:
     """The rows whose tx_id is in `ids` (keep=True) or not in it (keep=False)."""
     hit = pc.is_in(batch.column("tx_id"), value_set=ids)
@@ -219,10 +225,12 @@ def _deduplicate(ctx: RunContext, valid: ray.data.Dataset, existing: pa.Array) -
         return valid
     if rows <= ctx.cfg.ray.local_max_rows:
         return ray.data.from_arrow(_first_occurrences(pa.concat_tables(ray.get(valid.to_arrow_refs())), existing))
-    ids = pa.chunked_array([t.column("tx_id") for t in ray.get(valid.select_columns(["tx_id"]).to_arrow_refs())])
-    counts = pc.value_counts(ids)
-    contested = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
-    dropped = pa.concat_arrays([contested.cast(pa.string()), existing.cast(pa.string())])
+    ids = pa.chunked_array([chunk for table in ray.get(valid.select_columns(["tx_id"]).to_arrow_refs())
+                            for chunk in table.column("tx_id").chunks], pa.string())
+    contested = contested_ids(ids)
+    # only the held ids that occur in this input: each block's look-up set stays small
+    held_here = existing.filter(pc.is_in(existing, value_set=ids)).cast(pa.string())
+    dropped = pa.concat_arrays([contested, held_here])
     singles = valid.map_batches(_rows_with_ids, fn_kwargs={"ids": dropped, "keep": False}, batch_format="pyarrow")
     if len(contested) == 0:
         return singles.materialize()
