@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 from pyiceberg.expressions import In
 from ray.data.expressions import col
@@ -33,6 +34,7 @@ from validation import schema_policy
 from validation.gold import contract as gold_contract
 
 DAY = dt.timedelta(days=1)
+SLICE_EVENTS = 2_000_000  # events per slice of entities when gold is computed in the driver process
 
 
 @dataclass
@@ -82,6 +84,20 @@ def compute_local(events_table: pa.Table, fs: FeatureSet, first: dt.date, last: 
     frame = build_features(events, fs, first, last, entities, scales)
     gold_contract(fs).validate(frame)
     return to_arrow(frame, fs)
+
+
+def compute_in_slices(events: pa.Table, fs: FeatureSet, first: dt.date, last: dt.date,
+                      entities: Optional[pd.DataFrame], slice_events: int = SLICE_EVENTS) -> pa.Table:
+    """`compute_local` over hash slices of entities, one after the other: the same partitioning the Ray
+    path uses (every event of an entity in one slice), so the engine's pandas working set is bounded by a
+    slice (~2M events) while only the compact Arrow results accumulate."""
+    slices = max(1, -(-events.num_rows // slice_events))
+    if slices == 1:
+        return compute_local(events, fs, first, last, entities)
+    bucket = _with_bucket(events.select([fs.entity.join_key]), fs.entity.join_key, slices).column("_bucket")
+    parts = [compute_local(events.filter(pc.equal(bucket, index)), fs, first, last, entities)
+             for index in range(slices)]
+    return pa.concat_tables(parts)
 
 
 def _compute_group(group: pa.Table, fs_name: str, first: dt.date, last: dt.date,
@@ -202,7 +218,7 @@ def _compute(ctx: RunContext, fs: FeatureSet, first: dt.date, last: dt.date) -> 
     silver_rows = ctx.lake.row_count(silver_id)
     if silver_rows <= ctx.cfg.ray.gold_local_max_events:  # the engine in this process, no shuffle
         events = ctx.lake.read_arrow(silver_id, events_filter, needed)
-        return ray.data.from_arrow(compute_local(events, fs, first, last, entities))
+        return ray.data.from_arrow(compute_in_slices(events, fs, first, last, entities))
     ray_runtime.choose_shuffle(ctx.cfg.ray, silver_rows)
     events = ctx.lake.read_ray(silver_id, events_filter, needed)
     return compute_on_ray(events, fs, first, last, entities, ctx.cfg.ray.gold_partitions).materialize()

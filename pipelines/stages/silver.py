@@ -274,8 +274,10 @@ def refine_transactions(ctx: RunContext, source: SourceConfig, known_user_ids: L
     counted = checked.map_batches(_present_counts, fn_kwargs={"columns": list(source.columns)},
                                   batch_format="pyarrow").to_pandas()
     present = {c: int(counted[c].sum()) for c in source.columns}
-    bad = checked.map_batches(_quarantined, fn_kwargs={"schema": quarantine.schema}, batch_format="pyarrow")
+    bad = checked.map_batches(_quarantined, fn_kwargs={"schema": quarantine.schema},
+                              batch_format="pyarrow").materialize()
     valid = checked.map_batches(_valid, fn_kwargs={"extras": extras}, batch_format="pyarrow").materialize()
+    del checked  # every bronze row is now in `bad` or `valid`: free the object store before deduplicating
     n_valid = valid.count()
     first_day = last_day = None
     existing = pa.array([], pa.string())
@@ -287,6 +289,7 @@ def refine_transactions(ctx: RunContext, source: SourceConfig, known_user_ids: L
                                            ["tx_id"]).column("tx_id").combine_chunks()
     deduped = _deduplicate(ctx, valid, existing)
     n_silver = deduped.count()
+    del valid
     replaces = col("_run_id").is_in(pending)
     ctx.lake.ensure(quarantine, evolve=True)
     ctx.lake.ensure(silver, evolve=True)
