@@ -33,7 +33,7 @@ row = st.tuples(st.sampled_from(["t1", "t2", "t3", "t4", "t5", "t6"]), st.sample
                 st.sampled_from(["a.csv", "b.csv"]), st.sampled_from(["h1", "h2"]), st.integers(0, 3))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=st.lists(row, min_size=1, max_size=30), blocks=st.integers(1, 4),
        existing=st.sets(st.sampled_from(["t1", "t2", "t3", "t9"]), max_size=3), driver=st.booleans())
 def test_dedup_equals_a_group_by_reading_of_the_rule(ray_session, rows, blocks, existing, driver):
