@@ -11,18 +11,10 @@ from statistics import median
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
-import pandas as pd
 
 from pipelines.quality.results import CheckResult
 
 PSI_EPSILON = 1e-4  # stands in for an empty bin's share, so the logarithm stays finite
-
-
-def count_present(frame: pd.DataFrame, columns: List[str]) -> pd.DataFrame:
-    """One row: the frame's row count (`_rows`) and, per column, how many rows have a non-blank value."""
-    present = {c: int((frame[c].notna() & (frame[c].astype("string").str.strip().str.len() > 0)).sum())
-               for c in columns}
-    return pd.DataFrame([{"_rows": len(frame), **present}])
 
 
 def completeness(dataset: str, column: str, present: int, rows: int, threshold: float, severity: str) -> CheckResult:

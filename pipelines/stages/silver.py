@@ -29,7 +29,6 @@ from pipelines.context import RunContext
 from pipelines.io import sources
 from pipelines.io.lake import TableSpec, day_range, midnight
 from pipelines.pii import tokenize
-from pipelines.quality.checks import count_present
 from pipelines.stages.bronze import INGESTED_UNITS, pending_runs, silver_extras, table_spec as bronze_spec
 from validation import transactions as tx_contract
 from validation import schema_policy
@@ -115,7 +114,8 @@ def refine_users(ctx: RunContext, source: SourceConfig, pii_key: bytes) -> Silve
     duplicate = pd.Series(False, index=raw.index)
     duplicate[valid] = typed.loc[valid, "user_id"].duplicated(keep="last" if incremental else "first")
     keep = valid & ~duplicate
-    present = count_present(raw, list(source.columns)).iloc[0].drop("_rows").astype(int).to_dict()  # before tokens
+    columns = list(source.columns)  # counted before tokenizing, as for transactions
+    present = {c: int(tx_contract.present(pa.array(raw[c].astype("string"), pa.string())).sum()) for c in columns}
     for column in source.pii:  # raw PII never leaves bronze, quarantine included
         raw[column] = tokenize(raw[column], pii_key)
     silver_rows = pa.table(
