@@ -1,8 +1,11 @@
 """Crash safety: the pipeline process is killed with SIGKILL at 20 points across every stage, then rerun;
 each time the result equals an uninterrupted run's. Afterwards `maintain` leaves no unreferenced data file.
 
-Each run is a separate `medallion run` process (SIGKILL spares nothing: no `finally`, no atexit) joined to
-the session's Ray runtime, so a run costs its work rather than a Ray start-up.
+Each killed run is a separate `medallion run` process (SIGKILL spares nothing: no `finally`, no atexit)
+joined to the session's Ray runtime, so a run costs its work rather than a Ray start-up. The reruns that
+recover, and the uninterrupted reference, run in this process (`pipelines.run.run`, what the CLI calls):
+a process start-up (imports, Ray workers for a new job) costs more than the small run itself, and the
+killed runs' state is all on disk. The last rerun is a `medallion run` process again.
 """
 
 from __future__ import annotations
@@ -40,18 +43,31 @@ ACCOUNTING = ("bronze_rows_ingested", "units_ingested", "bronze_rows_refined", "
 SILVER_KEYS = {"silver.transactions": ["tx_id"], "silver.users": ["user_id"]}
 
 
+def _overrides(data_dir: Path, sample_dir: Path) -> List[str]:
+    # one MLflow store for all of them: a new SQLite store spends seconds creating its schema
+    tracking = sample_dir.parent / "mlflow"
+    return [f"data_dir={data_dir}", *SMALL, f"sample.output_dir={sample_dir}",
+            f"tracking.tracking_uri=sqlite:///{tracking}/mlflow.db",
+            f"tracking.artifact_location=file://{tracking}/artifacts"]
+
+
 def _run(data_dir: Path, sample_dir: Path, ray_address: str, crash_at: str | None = None):
+    """`medallion run` as a process of its own (killed at `crash_at` if given)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("MEDALLION_CRASH_AT", None)
     if crash_at:
         env["MEDALLION_CRASH_AT"] = crash_at
-    # one MLflow store for all of them: a new SQLite store spends seconds creating its schema
-    tracking = sample_dir.parent / "mlflow"
     return subprocess.run(
-        [sys.executable, "-m", "pipelines", "run", f"data_dir={data_dir}", *SMALL,
-         f"sample.output_dir={sample_dir}", f"ray.address={ray_address}",
-         f"tracking.tracking_uri=sqlite:///{tracking}/mlflow.db", f"tracking.artifact_location=file://{tracking}/artifacts"],
+        [sys.executable, "-m", "pipelines", "run", *_overrides(data_dir, sample_dir), f"ray.address={ray_address}"],
         env=env, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+
+
+def _run_here(data_dir: Path, sample_dir: Path) -> dict:
+    """The same run in this process, on the session's Ray runtime: its summary."""
+    from pipelines.config import load_config
+    from pipelines.run import run
+
+    return json.loads(json.dumps(run(load_config(_overrides(data_dir, sample_dir))), default=str))
 
 
 def _summary(completed) -> dict:
@@ -116,7 +132,7 @@ def reference(tmp_path_factory, ray_session):
     (root / "mlflow").mkdir()
     generate(small_config(root / "ref", f"sample.output_dir={sample_dir}").sample)
     address = ray.get_runtime_context().gcs_address
-    summary = _summary(_run(root / "ref", sample_dir, address))
+    summary = _run_here(root / "ref", sample_dir)
     return {"root": root, "sample": sample_dir, "address": address, "summary": summary,
             "state": _state(root / "ref", sample_dir)}
 
@@ -129,37 +145,36 @@ def test_sigkill_at_20_points_then_rerun_equals_an_uninterrupted_run(reference):
     assert ref_state["rows"]["silver.transactions"] > 0 and all(v == 0 for v in ref_state["duplicates"].values())
     expected_counts = {k: v for k, v in ref_summary["counts"].items() if k.split(".", 1)[1] in ACCOUNTING}
 
-    def kill_then_rerun(point: tuple):
+    def killed_run(point: tuple):
         crash_at = "{}:{}".format(*point)
         data_dir = reference["root"] / "crash-{}-{}".format(*point)
-        killed = _run(data_dir, reference["sample"], reference["address"], crash_at)
-        rerun = _run(data_dir, reference["sample"], reference["address"]) if killed.returncode == -9 else None
-        return crash_at, data_dir, killed, rerun
-
-    # two trials at a time: a run's driver is mostly one busy core (imports, planning, commits)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        trials = list(pool.map(kill_then_rerun, CRASH_POINTS))
+        return crash_at, data_dir, _run(data_dir, reference["sample"], reference["address"], crash_at)
 
     orphans_before_maintain = 0
-    for crash_at, data_dir, killed, rerun in trials:
-        assert killed.returncode == -9, f"{crash_at}: the run was not killed there (rc {killed.returncode})\n" \
-                                        + killed.stderr[-2000:]
-        summary = _summary(rerun)
-        assert summary["resumed"], crash_at  # the open-run record survived the kill and was taken over
-        assert summary["gold_digests"] == ref_summary["gold_digests"], crash_at
-        counts = {k: v for k, v in summary["counts"].items() if k in expected_counts}
-        assert counts == expected_counts, crash_at
-        assert _state(data_dir, reference["sample"]) == ref_state, crash_at
-        # maintenance removes what the killed attempt left behind, and changes no content
-        orphans_before_maintain += len(_unreferenced_data_files(data_dir, reference["sample"]))
-        maintain(load_config([f"data_dir={data_dir}", *SMALL, f"sample.output_dir={reference['sample']}",
-                              "retention.orphan_min_age_hours=0"]))
-        assert _unreferenced_data_files(data_dir, reference["sample"]) == [], crash_at
-        assert _state(data_dir, reference["sample"]) == ref_state, crash_at
+    recovered = []
+    # two killed runs at a time (a run's driver is mostly one busy core: imports, planning, commits) while
+    # this thread recovers and checks the ones already killed
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for crash_at, data_dir, killed in pool.map(killed_run, CRASH_POINTS):
+            assert killed.returncode == -9, f"{crash_at}: the run was not killed there " \
+                                            f"(rc {killed.returncode})\n" + killed.stderr[-2000:]
+            summary = _run_here(data_dir, reference["sample"])
+            recovered.append((data_dir, summary))
+            assert summary["resumed"], crash_at  # the open-run record survived the kill and was taken over
+            assert summary["gold_digests"] == ref_summary["gold_digests"], crash_at
+            counts = {k: v for k, v in summary["counts"].items() if k in expected_counts}
+            assert counts == expected_counts, crash_at
+            assert _state(data_dir, reference["sample"]) == ref_state, crash_at
+            # maintenance removes what the killed attempt left behind, and changes no content
+            orphans_before_maintain += len(_unreferenced_data_files(data_dir, reference["sample"]))
+            maintain(load_config([f"data_dir={data_dir}", *SMALL, f"sample.output_dir={reference['sample']}",
+                                  "retention.orphan_min_age_hours=0"]))
+            assert _unreferenced_data_files(data_dir, reference["sample"]) == [], crash_at
+            assert _state(data_dir, reference["sample"]) == ref_state, crash_at
     assert orphans_before_maintain > 0  # killed writes did leave files behind: the clean-up was exercised
 
-    # a further rerun after recovery finds nothing to do and changes nothing
-    _, data_dir, _, rerun = trials[0]
+    # a further rerun after recovery, as a `medallion run` process, finds nothing to do and changes nothing
+    data_dir, summary = recovered[0]
     again = _summary(_run(data_dir, reference["sample"], reference["address"]))
     assert again["new_data"] is False and not again["resumed"]
-    assert {k: v["rows"] for k, v in again["tables"].items()} == {k: v["rows"] for k, v in _summary(rerun)["tables"].items()}
+    assert {k: v["rows"] for k, v in again["tables"].items()} == {k: v["rows"] for k, v in summary["tables"].items()}

@@ -1,14 +1,29 @@
-"""Turning pandera's lazy failure report into one `_failed_rules` value per row."""
+"""Rules shared by the contracts: what "has a value" means, and turning pandera's lazy failure report into
+one `_failed_rules` value per row."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
+import pyarrow
+import pyarrow.compute as pc
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
 RULE_SEPARATOR = ";"
+
+
+def as_text(column) -> pyarrow.ChunkedArray:
+    column = column if isinstance(column, pyarrow.ChunkedArray) else pyarrow.chunked_array([column])
+    return column.cast(pyarrow.string())
+
+
+def present(text) -> np.ndarray:
+    """Has a value: not null and not blank. One rule for the contracts and for completeness counts."""
+    trimmed = pc.utf8_length(pc.utf8_trim_whitespace(as_text(text)))
+    return pc.fill_null(pc.greater(trimmed, 0), False).to_numpy(zero_copy_only=False)
 
 
 def failed_rules(schema: pa.DataFrameSchema, frame: pd.DataFrame, rule_order: Sequence[str]) -> pd.Series:

@@ -17,7 +17,7 @@ import pandera.pandas as pa
 import pyarrow as pyarrow
 import pyarrow.compute as pc
 
-from validation.rules import failed_rules
+from validation.rules import as_text as _text, failed_rules, present
 
 RULES: Tuple[str, ...] = (
     "line_well_formed",
@@ -81,19 +81,8 @@ class TransactionRules:
     cutoff: dt.datetime  # exclusive: events at or after the run's logical end are rejected
 
 
-def _text(column) -> pyarrow.ChunkedArray:
-    column = column if isinstance(column, pyarrow.ChunkedArray) else pyarrow.chunked_array([column])
-    return column.cast(pyarrow.string())
-
-
 def _matches(text: pyarrow.ChunkedArray, pattern: str) -> pyarrow.ChunkedArray:
     return pc.fill_null(pc.match_substring_regex(text, pattern), False)
-
-
-def present(text: pyarrow.ChunkedArray) -> np.ndarray:
-    """Has a value: not null and not blank."""
-    trimmed = pc.utf8_length(pc.utf8_trim_whitespace(_text(text)))
-    return pc.fill_null(pc.greater(trimmed, 0), False).to_numpy(zero_copy_only=False)
 
 
 def _parsed(text: pyarrow.ChunkedArray, pattern: str, to: pyarrow.DataType) -> pyarrow.ChunkedArray:

@@ -32,6 +32,7 @@ from pipelines.pii import tokenize
 from pipelines.stages.bronze import INGESTED_UNITS, pending_runs, silver_extras, table_spec as bronze_spec
 from validation import transactions as tx_contract
 from validation import schema_policy
+from validation import rules
 from validation.rules import join_reasons
 from validation import users as users_contract
 
@@ -115,7 +116,7 @@ def refine_users(ctx: RunContext, source: SourceConfig, pii_key: bytes) -> Silve
     duplicate[valid] = typed.loc[valid, "user_id"].duplicated(keep="last" if incremental else "first")
     keep = valid & ~duplicate
     columns = list(source.columns)  # counted before tokenizing, as for transactions
-    present = {c: int(tx_contract.present(pa.array(raw[c].astype("string"), pa.string())).sum()) for c in columns}
+    present = {c: int(rules.present(pa.array(raw[c].astype("string"), pa.string())).sum()) for c in columns}
     for column in source.pii:  # raw PII never leaves bronze, quarantine included
         raw[column] = tokenize(raw[column], pii_key)
     silver_rows = pa.table(
@@ -179,7 +180,7 @@ def _valid(batch: pa.Table, extras: List[str]) -> pa.Table:
 def _present_counts(batch: pa.Table, columns: List[str]) -> pa.Table:
     """One row: how many rows of the batch have a non-blank value, per column (the completeness checks)."""
     return pa.table({"_rows": [batch.num_rows],
-                     **{c: [int(tx_contract.present(batch.column(c)).sum())] for c in columns}})
+                     **{c: [int(rules.present(batch.column(c)).sum())] for c in columns}})
 
 
 def _first_occurrences(group: pa.Table, existing: pa.Array) -> pa.Table:
