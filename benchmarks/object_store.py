@@ -22,6 +22,13 @@ from benchmarks.measure import ROOT, machine, measured, medallion
 from benchmarks.suite import RESULTS, ensure_sample, sample_overrides
 
 
+def store_size(text: str) -> str:
+    """An --sizes value: 'default' or a whole number of MiB (argparse turns the error into one line)."""
+    if text != "default" and not (text.isdigit() and int(text) > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is neither 'default' nor a positive number of MiB")
+    return text
+
+
 def one_run(n: int, store: str, workdir: Path) -> Dict:
     sample_dir = workdir / "samples" / f"n{n}"  # the suite's layout: its samples are reused
     ensure_sample(n, sample_dir)
@@ -54,7 +61,7 @@ def markdown(n: int, runs: List[Dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="*", default=["default", "4096", "3072", "2048"],
+    parser.add_argument("--sizes", nargs="+", type=store_size, default=["default", "4096", "3072", "2048"],
                         help="object store sizes in MiB, or 'default'")
     parser.add_argument("--transactions", type=int, default=10_000_000)
     parser.add_argument("--workdir", type=Path, default=ROOT / "data" / "bench")

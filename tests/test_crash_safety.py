@@ -154,7 +154,8 @@ def test_sigkill_at_20_points_then_rerun_equals_an_uninterrupted_run(reference):
     recovered = []
     # two killed runs at a time (a run's driver is mostly one busy core: imports, planning, commits) while
     # this thread recovers and checks the ones already killed
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    pool = ThreadPoolExecutor(max_workers=2)
+    try:
         for crash_at, data_dir, killed in pool.map(killed_run, CRASH_POINTS):
             assert killed.returncode == -9, f"{crash_at}: the run was not killed there " \
                                             f"(rc {killed.returncode})\n" + killed.stderr[-2000:]
@@ -171,6 +172,8 @@ def test_sigkill_at_20_points_then_rerun_equals_an_uninterrupted_run(reference):
                                   "retention.orphan_min_age_hours=0"]))
             assert _unreferenced_data_files(data_dir, reference["sample"]) == [], crash_at
             assert _state(data_dir, reference["sample"]) == ref_state, crash_at
+    finally:  # a failure is reported now, not after the killed runs still queued
+        pool.shutdown(cancel_futures=True)
     assert orphans_before_maintain > 0  # killed writes did leave files behind: the clean-up was exercised
 
     # a further rerun after recovery, as a `medallion run` process, finds nothing to do and changes nothing

@@ -17,7 +17,7 @@ import pandera.pandas as pa
 import pyarrow as pyarrow
 import pyarrow.compute as pc
 
-from validation.rules import as_text as _text, failed_rules, present
+from validation.rules import as_text, failed_rules, present
 
 RULES: Tuple[str, ...] = (
     "line_well_formed",
@@ -116,7 +116,7 @@ def _pandas_instant(text: str):
 def parse_instants(text: pyarrow.ChunkedArray) -> pyarrow.ChunkedArray:
     """ISO-8601 text -> UTC microseconds, null where it does not parse (as pandas' ISO 8601 parser reads
     each value). The common shapes go through Arrow's cast; the rest through pandas."""
-    text = _text(text).combine_chunks()
+    text = as_text(text).combine_chunks()
     none = pyarrow.scalar(None, pyarrow.string())
     zoned, naive = _matches(text, _ZONED_INSTANT), _matches(text, _NAIVE_INSTANT)
     zoned_values, zoned_bad = _cast_where_valid(pc.if_else(zoned, text, none), _UTC_US)
@@ -140,12 +140,12 @@ def parse(raw: pyarrow.Table) -> pyarrow.Table:
     """Typed columns (a value that does not parse becomes null) and what the contract checks on text."""
     return pyarrow.table(
         {
-            "tx_id": _text(raw.column("tx_id")),
-            "user_id": _parsed(_text(raw.column("user_id")), _INTEGER, pyarrow.int64()),
-            "merchant_id": _parsed(_text(raw.column("merchant_id")), _INTEGER, pyarrow.int64()),
-            "amount": _parsed(_text(raw.column("amount")), _AMOUNT, pyarrow.float64()),
-            "currency": _text(raw.column("currency")),
-            "channel": _text(raw.column("channel")),
+            "tx_id": as_text(raw.column("tx_id")),
+            "user_id": _parsed(as_text(raw.column("user_id")), _INTEGER, pyarrow.int64()),
+            "merchant_id": _parsed(as_text(raw.column("merchant_id")), _INTEGER, pyarrow.int64()),
+            "amount": _parsed(as_text(raw.column("amount")), _AMOUNT, pyarrow.float64()),
+            "currency": as_text(raw.column("currency")),
+            "channel": as_text(raw.column("channel")),
             "ts": parse_instants(raw.column("ts")),
             "_tx_id_present": present(raw.column("tx_id")),
             "_user_id_present": present(raw.column("user_id")),
@@ -216,13 +216,13 @@ def to_silver_arrow(valid: pyarrow.Table) -> pyarrow.Table:
             "tx_id": typed.column("tx_id"),
             "user_id": typed.column("user_id"),
             "merchant_id": typed.column("merchant_id"),
-            "amount": _text(valid.column("amount")).cast(pyarrow.decimal128(18, 2)),
+            "amount": as_text(valid.column("amount")).cast(pyarrow.decimal128(18, 2)),
             "currency": typed.column("currency"),
             "channel": typed.column("channel"),
             "ts": typed.column("ts"),
-            "_source_file": _text(valid.column("_source_file")),
-            "_row_hash": _text(valid.column("_row_hash")),
-            "_run_id": _text(valid.column("_run_id")),
+            "_source_file": as_text(valid.column("_source_file")),
+            "_row_hash": as_text(valid.column("_row_hash")),
+            "_run_id": as_text(valid.column("_run_id")),
         },
         schema=SILVER_SCHEMA,
     )
