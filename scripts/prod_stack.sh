@@ -11,7 +11,7 @@
 # `up` writes $STACK_DIR/env: the variables a prod run needs (source it). Ports avoid the defaults on
 # purpose: Redis holds 6379 (Ray's default GCS port) and other Ray runtimes may run on this machine, so
 # every Ray port is explicit and the cluster has its own temp dir. Nothing here runs `ray stop`: it
-# would stop every Ray process of this user on the machine; each node is stopped by its own process group.
+# would stop every Ray process of this user on the machine; each node is stopped by its own session.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -57,7 +57,7 @@ SPAWNED=()   # what this invocation started: only these are watched while waitin
 
 alive() { [[ -f "$STACK_DIR/$1.pid" ]] && kill -0 "$(cat "$STACK_DIR/$1.pid")" 2>/dev/null; }
 
-spawn() {  # spawn <name> <command...>: own session (so its process group can be stopped alone), logs, pid
+spawn() {  # spawn <name> <command...>: own session (so it can be stopped alone, with all it starts), logs, pid
   local name="$1"; shift
   setsid "$@" >"$STACK_DIR/$name.log" 2>&1 < /dev/null &
   echo $! >"$STACK_DIR/$name.pid"
@@ -78,13 +78,14 @@ require_ports_free() {  # a port held by something this script did not start: sa
   for port in "$@"; do port_free "$port" || die "port $port on $HOST is in use by another process (stop it, or set MEDALLION_*_PORT)"; done
 }
 
-stop_group() {  # stop a process started by spawn, with all its children (same process group)
+stop_group() {  # stop a process started by spawn, with everything in its session
+  # (the session, not the process group: Ray's worker processes put themselves in groups of their own)
   local name="$1" signal="${2:-TERM}"
   if alive "$name"; then
     local pid; pid="$(cat "$STACK_DIR/$name.pid")"
-    kill "-$signal" -- "-$pid" 2>/dev/null || true
+    pkill "-$signal" -s "$pid" 2>/dev/null || true
     for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-    kill -KILL -- "-$pid" 2>/dev/null || true
+    pkill -KILL -s "$pid" 2>/dev/null || true
   fi
   rm -f "$STACK_DIR/$name.pid"
 }
@@ -244,7 +245,7 @@ case "${1:-}" in
   down) down ;;
   status) status ;;
   env) cat "$STACK_DIR/env" ;;
-  # kill -9 a worker node's whole process group: raylet, its workers and the objects it holds vanish at once
+  # kill -9 a worker node's whole session: raylet, its workers and the objects it holds vanish at once
   stop-worker) [[ "${2:-}" =~ ^[12]$ ]] || die "stop-worker takes 1 or 2"; stop_group "ray-worker-$2" KILL ;;
   start-worker) [[ "${2:-}" =~ ^[12]$ ]] || die "start-worker takes 1 or 2"; start_ray_worker "$2"; wait_ray_nodes 3 ;;
   *) die "usage: $0 up|down|status|env|stop-worker N|start-worker N" ;;

@@ -26,6 +26,7 @@ from tests.conftest import BOUNDARY_LINES, SMALL
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK = ROOT / "scripts" / "prod_stack.sh"
+STACK_DIR = Path(os.environ.get("MEDALLION_STACK_DIR", "/tmp/medallion-stack"))  # its pid files, logs and env
 USERS_QUERY = "SELECT user_id, email, full_name, phone, birth_date, country, signup_ts FROM {table}"
 
 
@@ -44,7 +45,6 @@ OWN_SERVICES = ("s3", "mlflow", "ray-head", "ray-worker-1", "ray-worker-2")  # P
 @pytest.fixture(scope="session")
 def stack():
     """The stack's environment (RAY_ADDRESS, AWS_*, MEDALLION_*, MLFLOW_TRACKING_URI, ...)."""
-    stack_dir = Path(os.environ.get("MEDALLION_STACK_DIR", "/tmp/medallion-stack"))
     status = subprocess.run([str(STACK), "status"], capture_output=True, text=True)
     # down at the end only if none of the stack's own services ran before: a stack the user or CI started
     # (even with a node down) stays up
@@ -53,7 +53,7 @@ def stack():
     if status.returncode != 0:
         up = subprocess.run([str(STACK), "up"], capture_output=True, text=True)
         assert up.returncode == 0, f"could not start the prod stand-in stack: {up.stderr[-2000:]}"
-    env = _read_env_file(stack_dir / "env")
+    env = _read_env_file(STACK_DIR / "env")
     yield env
     if started_here:
         subprocess.run([str(STACK), "down"], capture_output=True, text=True)
