@@ -152,9 +152,10 @@ def test_sigkill_at_20_points_then_rerun_equals_an_uninterrupted_run(reference):
 
     orphans_before_maintain = 0
     recovered = []
-    # two killed runs at a time (a run's driver is mostly one busy core: imports, planning, commits) while
-    # this thread recovers and checks the ones already killed
-    pool = ThreadPoolExecutor(max_workers=2)
+    # the next killed run goes on while this thread recovers and checks the last one; more at once make
+    # the runs wait on each other for the session's 2 CPUs and for Ray workers of their own (a new job
+    # cannot use another job's workers): on a 2-core AMD machine 2 killed runs at a time took 21 min here
+    pool = ThreadPoolExecutor(max_workers=1)
     try:
         for crash_at, data_dir, killed in pool.map(killed_run, CRASH_POINTS):
             assert killed.returncode == -9, f"{crash_at}: the run was not killed there " \
