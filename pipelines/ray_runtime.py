@@ -45,6 +45,10 @@ def start(cfg: RayConfig) -> None:
     context.enable_progress_bars = sys.stderr.isatty()
     context.print_on_execution_start = False
     context.enable_operator_progress_bars = False
+    # Blocks leave each operator in input order: a day-partitioned write then gets each day's rows from
+    # one or two neighbouring blocks (one data file per day, not a fragment per block), and a run's block
+    # layout does not depend on which task finished first.
+    context.execution_options.preserve_order = True
     logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 

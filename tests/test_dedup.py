@@ -1,9 +1,11 @@
-"""Silver's deduplication through Ray (no shuffle: only contested tx_ids reach the driver) against a
-plain pandas reading of the rule: per tx_id not already in silver, the row of the earliest bronze run,
-then source file, then row hash."""
+"""Silver's split and deduplication through Ray (no shuffle: only the valid rows' tx_ids and the contested
+rows reach the driver) against a plain pandas reading of the rules: failing rows go to quarantine with
+their reasons; per tx_id not already in silver, the row of the earliest bronze run, then source file, then
+row hash, is kept; the counts and the event-day span are those of the input."""
 
 from __future__ import annotations
 
+import datetime as dt
 from types import SimpleNamespace
 
 import pandas as pd
@@ -12,39 +14,64 @@ import ray
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipelines.stages.silver import _deduplicate
+from pipelines.stages.silver import _split_and_deduplicate, silver_transactions_spec
 
-COLUMNS = ["tx_id", "_run_id", "_source_file", "_row_hash", "amount"]
+KEYS = ["tx_id", "_run_id", "_source_file", "_row_hash"]
+CHECKED = pa.schema([pa.field(name, pa.string()) for name in
+                     ["tx_id", "user_id", "merchant_id", "amount", "currency", "channel", "ts", "_malformed_line",
+                      "_source_file", "_run_id", "_row_hash", "_failed_rules"]])
+QUARANTINE = SimpleNamespace(schema=CHECKED)
+FIRST_DAY = dt.date(2026, 1, 1)
 
 
-def reference(rows: pd.DataFrame, existing: set) -> pd.DataFrame:
-    fresh = rows.loc[~rows["tx_id"].isin(existing)]
-    ordered = fresh.sort_values(["tx_id", "_run_id", "_source_file", "_row_hash"], kind="mergesort")
+def reference(valid: pd.DataFrame, existing: set) -> pd.DataFrame:
+    fresh = valid.loc[~valid["tx_id"].isin(existing)]
+    ordered = fresh.sort_values(KEYS, kind="mergesort")
     return ordered.drop_duplicates("tx_id", keep="first")
 
 
-def as_sorted(frame: pd.DataFrame) -> list:
-    if frame.empty:  # an empty Ray result carries no columns
+def as_sorted(frame: pd.DataFrame, columns: list) -> list:
+    if frame.empty:  # an empty Ray result may carry no columns
         return []
-    return sorted(map(tuple, frame[COLUMNS].astype(str).to_numpy().tolist()))
+    return sorted(map(tuple, frame[columns].astype(str).to_numpy().tolist()))
 
 
-# a row hash is a hash of the row's content (bronze), so two rows that tie on every sort key are the same row:
-# which of them is kept cannot be seen, and the reference's input-order pick is not a rule to hold Ray to
+# A row hash is a hash of the row's content (bronze), so two rows that tie on every sort key are the same
+# row: which of them is kept cannot be seen, and the reference's input-order pick is not a rule to hold
+# Ray to. The day is part of the content: the same tx_id may come back on another day.
 row = st.tuples(st.sampled_from(["t1", "t2", "t3", "t4", "t5", "t6"]), st.sampled_from(["r1", "r2"]),
-                st.sampled_from(["a.csv", "b.csv"]), st.integers(0, 3)).map(
-    lambda r: (r[0], r[1], r[2], f"h-{r[0]}-{r[3]}", r[3]))
+                st.sampled_from(["a.csv", "b.csv"]), st.integers(0, 3), st.integers(0, 3),
+                st.sampled_from([None, None, None, "amount_valid"]), st.sampled_from(["web", " ", "pos"])).map(
+    lambda r: {"tx_id": r[0], "_run_id": r[1], "_source_file": r[2], "_row_hash": f"h-{r[0]}-{r[3]}-{r[4]}",
+               "ts": f"{FIRST_DAY + dt.timedelta(days=r[4])}T{10 + r[3]:02d}:00:00Z", "_failed_rules": r[5],
+               "channel": r[6], "user_id": "7", "merchant_id": "9", "amount": "3.50", "currency": "EUR",
+               "_malformed_line": None})
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=st.lists(row, min_size=1, max_size=30), blocks=st.integers(1, 4),
        existing=st.sets(st.sampled_from(["t1", "t2", "t3", "t9"]), max_size=3), driver=st.booleans())
-def test_dedup_equals_a_group_by_reading_of_the_rule(ray_session, rows, blocks, existing, driver):
-    frame = pd.DataFrame(rows, columns=COLUMNS)
-    table = pa.Table.from_pandas(frame, preserve_index=False)
+def test_split_and_dedup_equal_a_pandas_reading_of_the_rules(ray_session, rows, blocks, existing, driver):
+    frame = pd.DataFrame(rows, columns=CHECKED.names)
+    table = pa.Table.from_pandas(frame, schema=CHECKED, preserve_index=False)
     size = -(-len(frame) // blocks)
-    ds = ray.data.from_arrow([table.slice(i, size) for i in range(0, len(frame), size)])
+    checked = ray.data.from_arrow([table.slice(i, size) for i in range(0, len(frame), size)]).materialize()
     ctx = SimpleNamespace(cfg=SimpleNamespace(ray=SimpleNamespace(local_max_rows=10**6 if driver else 0)))
-    held = pa.array(sorted(existing), pa.large_string())  # as read back from the silver table
-    got = _deduplicate(ctx, ds, held).to_pandas()
-    assert as_sorted(got) == as_sorted(reference(frame, existing))
+    asked = []
+
+    def held_ids(first_day, last_day):
+        asked.append((first_day, last_day))
+        return pa.array(sorted(existing), pa.large_string())  # as read back from the silver table
+
+    got = _split_and_deduplicate(ctx, checked, ["tx_id", "channel"], [], QUARANTINE, silver_transactions_spec(),
+                                 held_ids)
+
+    valid = frame.loc[frame["_failed_rules"].isna()]
+    assert as_sorted(got.silver.to_pandas(), KEYS) == as_sorted(reference(valid, existing), KEYS)
+    bad = frame.loc[frame["_failed_rules"].notna()]
+    assert as_sorted(got.bad.to_pandas(), KEYS + ["_failed_rules"]) == as_sorted(bad, KEYS + ["_failed_rules"])
+    assert (got.rows_in, got.valid) == (len(frame), len(valid))
+    assert got.present == {"tx_id": len(frame), "channel": int((frame["channel"].str.strip() != "").sum())}
+    days = sorted(pd.to_datetime(valid["ts"]).dt.date)
+    assert (got.first_day, got.last_day) == ((days[0], days[-1]) if days else (None, None))
+    assert asked == ([(days[0], days[-1])] if days else [])

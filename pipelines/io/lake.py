@@ -110,6 +110,10 @@ def commit_checked(table: Table, commit: Callable[[Table], None], run_id: str, b
     faults.point("after_commit")
 
 
+def _as_is(batch: pa.Table) -> pa.Table:
+    return batch
+
+
 class _CheckedIcebergSink(IcebergDatasink):
     """Ray's Iceberg sink, committing through `commit_checked`: a lost race is retried on the refreshed
     table with the data files the tasks wrote (never rewritten); a conflict is reported against the
@@ -235,11 +239,12 @@ class Lake:
         rows = ds.count()
         if overwrite_filter is None and rows == 0:
             return self.current_snapshot_id(spec.identifier)
-        # One data file per block (per partition value): coalesce small blocks so a run writes files of
-        # up to ROWS_PER_FILE rows instead of one tiny file per source file or shuffle partition.
-        wanted = max(1, -(-rows // ROWS_PER_FILE))
-        if ds.num_blocks() > wanted:
-            ds = ds.repartition(wanted).materialize()
+        # One data file per block (per partition value): small blocks are concatenated into batches of up
+        # to ROWS_PER_FILE rows inside the write tasks (a map fused with the write), so a run writes files
+        # of that size instead of one tiny file per source file or shuffle partition. (`repartition` did
+        # the same as a separate pass through the object store: 24 s of a 10M-row silver write.)
+        if ds.num_blocks() > max(1, -(-rows // ROWS_PER_FILE)):
+            ds = ds.map_batches(_as_is, batch_size=ROWS_PER_FILE, batch_format="pyarrow")
         # ds.write_iceberg, with our commit step (retries, crash points): the same sink it builds
         ds.write_datasink(_CheckedIcebergSink(
             snapshot_properties.get("run_id", ""),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 import numpy as np
 import pandas as pd
@@ -169,18 +169,24 @@ def _quarantined(batch: pa.Table, schema: pa.Schema) -> pa.Table:
     return batch.filter(pc.is_valid(batch.column("_failed_rules"))).select(schema.names)
 
 
-def _valid(batch: pa.Table, extras: List[str]) -> pa.Table:
+def _valid(batch: pa.Table, extras: List[str], ids: pa.Array, keep: bool) -> pa.Table:
+    """The valid rows as silver rows: those whose tx_id is in `ids` (keep=True) or all the others."""
     good = batch.filter(pc.is_null(batch.column("_failed_rules")))
+    hit = pc.is_in(rules.as_text(good.column("tx_id")), value_set=ids)
+    good = good.filter(hit if keep else pc.invert(hit))
     table = tx_contract.to_silver_arrow(good)
     for column in extras:  # columns silver evolved to carry, as the text bronze holds
         table = table.append_column(pa.field(column, pa.string()), good.column(column).cast(pa.string()))
     return table
 
 
-def _present_counts(batch: pa.Table, columns: List[str]) -> pa.Table:
-    """One row: how many rows of the batch have a non-blank value, per column (the completeness checks)."""
+def _summarize(batch: pa.Table, columns: List[str]) -> pa.Table:
+    """One row per block: its rows, per declared column how many have a non-blank value (the completeness
+    checks), and the tx_ids of its valid rows (as silver will hold them), for deduplication."""
+    ids = rules.as_text(batch.filter(pc.is_null(batch.column("_failed_rules"))).column("tx_id")).combine_chunks()
     return pa.table({"_rows": [batch.num_rows],
-                     **{c: [int(rules.present(batch.column(c)).sum())] for c in columns}})
+                     **{c: [int(rules.present(batch.column(c)).sum())] for c in columns},
+                     "_valid_ids": pa.ListArray.from_arrays(pa.array([0, len(ids)], pa.int32()), ids)})
 
 
 def _first_occurrences(group: pa.Table, existing: pa.Array) -> pa.Table:
@@ -216,28 +222,94 @@ def _rules(ctx: RunContext, known_user_ids: List[int]) -> tx_contract.Transactio
     )
 
 
-def _deduplicate(ctx: RunContext, valid: ray.data.Dataset, existing: pa.Array) -> ray.data.Dataset:
-    """First occurrences of each tx_id not in `existing`. Small inputs on the driver. Larger ones without
-    a shuffle: duplicates are rare, so only the tx_id column comes to the driver to find the contested
-    ids; rows with any other id stay where they are (keeping blocks, and so files, clustered by day), and
-    the few contested rows are settled on the driver by the same rule."""
-    rows = valid.count()
-    if rows == 0:
-        return valid
-    if rows <= ctx.cfg.ray.local_max_rows:
-        return ray.data.from_arrow(_first_occurrences(pa.concat_tables(ray.get(valid.to_arrow_refs())), existing))
-    ids = pa.chunked_array([chunk for table in ray.get(valid.select_columns(["tx_id"]).to_arrow_refs())
-                            for chunk in table.column("tx_id").chunks], pa.string())
-    contested = contested_ids(ids)
-    # only the held ids that occur in this input: each block's look-up set stays small
-    held_here = existing.filter(pc.is_in(existing, value_set=ids)).cast(pa.string())
-    dropped = pa.concat_arrays([contested, held_here])
-    singles = valid.map_batches(_rows_with_ids, fn_kwargs={"ids": dropped, "keep": False}, batch_format="pyarrow")
-    if len(contested) == 0:
-        return singles.materialize()
-    disputed = valid.map_batches(_rows_with_ids, fn_kwargs={"ids": contested, "keep": True}, batch_format="pyarrow")
-    winners = _first_occurrences(pa.concat_tables(ray.get(disputed.to_arrow_refs())), existing)
-    return singles.union(ray.data.from_arrow(winners)).materialize()
+def _arrow(ds: ray.data.Dataset, schema: pa.Schema) -> pa.Table:
+    """A (small) dataset as one Arrow table on the driver."""
+    tables = ray.get(ds.to_arrow_refs())
+    return pa.concat_tables([t.cast(schema) for t in tables]) if tables else schema.empty_table()
+
+
+@dataclass
+class _Refined:
+    bad: ray.data.Dataset  # quarantined rows, with their reasons
+    silver: ray.data.Dataset  # valid rows, first occurrence of each tx_id not already in silver
+    rows_in: int
+    valid: int
+    present: Dict[str, int]  # per declared column, rows with a value
+    first_day: dt.date | None  # event days of the valid rows
+    last_day: dt.date | None
+
+
+def _split_and_deduplicate(ctx: RunContext, checked: ray.data.Dataset, columns: List[str], extras: List[str],
+                           quarantine: TableSpec, silver: TableSpec,
+                           held_ids: Callable[[dt.date, dt.date], pa.Array]) -> _Refined:
+    """Annotated bronze rows -> quarantine rows and deduplicated silver rows, in as few passes as possible
+    (each pass over 10M rows costs seconds on Ray). One pass counts the rows and values and brings the
+    valid rows' tx_ids to the driver, which finds the ids that occur twice; duplicates are rare, so the
+    rows with any other id become silver rows where they are (blocks, and so files, stay clustered by
+    day) and only the contested rows are settled on the driver. `held_ids(first, last)` are the tx_ids
+    silver already holds for those event days (a re-delivered row is not a new one). Small inputs are
+    settled on the driver whole, by the same rule."""
+    summary = _arrow(checked.map_batches(_summarize, fn_kwargs={"columns": columns}, batch_format="pyarrow"),
+                     pa.schema([pa.field("_rows", pa.int64())] + [pa.field(c, pa.int64()) for c in columns]
+                               + [pa.field("_valid_ids", pa.list_(pa.string()))]))
+    rows_in = int(pc.sum(summary.column("_rows")).as_py() or 0)
+    present = {c: int(pc.sum(summary.column(c)).as_py() or 0) for c in columns}
+    ids = pa.chunked_array([chunk.flatten() for chunk in summary.column("_valid_ids").chunks], pa.string())
+    small = len(ids) <= ctx.cfg.ray.local_max_rows
+    contested = ids.combine_chunks() if small else contested_ids(ids)  # small: every row is settled here
+    bad = checked.map_batches(_quarantined, fn_kwargs={"schema": quarantine.schema}, batch_format="pyarrow")
+    valid_kwargs = {"extras": extras, "ids": contested}
+    singles = checked.map_batches(_valid, fn_kwargs={**valid_kwargs, "keep": False}, batch_format="pyarrow")
+    singles = singles.materialize()
+    disputed = _arrow(checked.map_batches(_valid, fn_kwargs={**valid_kwargs, "keep": True}, batch_format="pyarrow"),
+                      silver.schema) if len(contested) else silver.schema.empty_table()
+    blocks = singles.to_arrow_refs()
+    edges = np.array(ray.get([_ts_edges.remote(block) for block in blocks]), dtype=np.int64).reshape(-1, 2)
+    ts = pc.cast(disputed.column("ts"), pa.int64()).to_numpy()
+    instants = np.concatenate([edges[edges[:, 0] != EMPTY[0]].ravel(), ts])
+    first_day = _utc_day(instants.min()) if len(instants) else None
+    last_day = _utc_day(instants.max()) if len(instants) else None
+    existing = held_ids(first_day, last_day) if first_day else pa.array([], pa.string())
+    held_here = existing.filter(pc.is_in(existing, value_set=ids)).cast(pa.string())  # a small look-up set
+    if len(held_here):
+        singles = singles.map_batches(_rows_with_ids, fn_kwargs={"ids": held_here, "keep": False},
+                                      batch_format="pyarrow").materialize()
+        blocks = singles.to_arrow_refs()
+    winners = _first_occurrences(disputed, held_here)
+    deduped = _beside_their_days(blocks, edges[:, 0], winners) if winners.num_rows else singles
+    return _Refined(bad.materialize(), deduped, rows_in, len(ids), present, first_day, last_day)
+
+
+EMPTY = (np.iinfo(np.int64).max, np.iinfo(np.int64).min)  # the edges of a block without rows
+
+
+@ray.remote
+def _ts_edges(block: pa.Table) -> tuple:
+    """First and last event time of a block, as epoch microseconds."""
+    bounds = pc.min_max(pc.cast(block.column("ts"), pa.int64()))
+    return (bounds["min"].as_py(), bounds["max"].as_py()) if bounds["min"].is_valid else EMPTY
+
+
+def _utc_day(micros: int) -> dt.date:
+    return (dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=int(micros))).date()
+
+
+def _beside_their_days(blocks: List[ray.ObjectRef], starts: np.ndarray, rows: pa.Table) -> ray.data.Dataset:
+    """The silver blocks, with each of `rows` (the few settled on the driver) in a small block right after
+    the block whose event times it falls among: the write concatenates neighbouring blocks, so those rows
+    join their day's data file instead of making a tiny file on every day."""
+    if not blocks:
+        return ray.data.from_arrow(rows)
+    order = np.argsort(starts, kind="stable")  # blocks by their first event time
+    ts = pc.cast(rows.column("ts"), pa.int64()).to_numpy()
+    home = order[np.clip(np.searchsorted(starts[order], ts, side="right") - 1, 0, len(blocks) - 1)]
+    placed: List[ray.ObjectRef] = []
+    for index, block in enumerate(blocks):
+        placed.append(block)
+        mine = np.flatnonzero(home == index)
+        if len(mine):
+            placed.append(ray.put(rows.take(pa.array(mine))))
+    return ray.data.from_arrow_refs(placed)
 
 
 def refine_transactions(ctx: RunContext, source: SourceConfig, known_user_ids: List[int]) -> SilverResult:
@@ -270,51 +342,30 @@ def refine_transactions(ctx: RunContext, source: SourceConfig, known_user_ids: L
                      batch_size=VALIDATION_BATCH_ROWS)
         .materialize()
     )
-    rows_in = checked.count()
-    # what the quality gate's completeness checks need, counted on the rows already in memory
-    counted = checked.map_batches(_present_counts, fn_kwargs={"columns": list(source.columns)},
-                                  batch_format="pyarrow").to_pandas()
-    present = {c: int(counted[c].sum()) for c in source.columns}
-    bad = checked.map_batches(_quarantined, fn_kwargs={"schema": quarantine.schema},
-                              batch_format="pyarrow").materialize()
-    valid = checked.map_batches(_valid, fn_kwargs={"extras": extras}, batch_format="pyarrow").materialize()
-    del checked  # every bronze row is now in `bad` or `valid`: free the object store before deduplicating
-    n_valid = valid.count()
-    first_day = last_day = None
-    existing = pa.array([], pa.string())
-    if n_valid:
-        first_day, last_day = _day_bounds(valid)
-        if ctx.lake.exists(silver.identifier):
-            existing = ctx.lake.read_arrow(silver.identifier, And(day_range("ts", first_day, last_day + DAY),
-                                                                  NotIn("_run_id", pending)),
-                                           ["tx_id"]).column("tx_id").combine_chunks()
-    deduped = _deduplicate(ctx, valid, existing)
-    n_silver = deduped.count()
-    del valid
+
+    def held_ids(first_day: dt.date, last_day: dt.date) -> pa.Array:
+        if not ctx.lake.exists(silver.identifier):
+            return pa.array([], pa.string())
+        return ctx.lake.read_arrow(silver.identifier, And(day_range("ts", first_day, last_day + DAY),
+                                                          NotIn("_run_id", pending)),
+                                   ["tx_id"]).column("tx_id").combine_chunks()
+
+    refined = _split_and_deduplicate(ctx, checked, list(source.columns), extras, quarantine, silver, held_ids)
+    del checked  # every bronze row is now in `bad` or `silver` (or dropped as a duplicate): free the object store
+    rows_in, n_valid, n_silver = refined.rows_in, refined.valid, refined.silver.count()
     replaces = col("_run_id").is_in(pending)
     ctx.lake.ensure(quarantine, evolve=True)
     ctx.lake.ensure(silver, evolve=True)
-    q_snapshot = ctx.lake.write(bad, quarantine, ctx.commit_properties(), overwrite_filter=replaces)
+    q_snapshot = ctx.lake.write(refined.bad, quarantine, ctx.commit_properties(), overwrite_filter=replaces)
     ctx.wrote(quarantine.identifier, q_snapshot)
-    result = SilverResult(rows_in, n_silver, rows_in - n_valid, n_valid - n_silver, first_day, last_day, pending,
-                          present)
-    s_snapshot = ctx.lake.write(deduped, silver, ctx.commit_properties(bronze_runs=pending, refined=result.record()),
+    result = SilverResult(rows_in, n_silver, rows_in - n_valid, n_valid - n_silver, refined.first_day,
+                          refined.last_day, pending, refined.present)
+    s_snapshot = ctx.lake.write(refined.silver, silver, ctx.commit_properties(bronze_runs=pending, refined=result.record()),
                                 overwrite_filter=replaces)
     ctx.wrote(silver.identifier, s_snapshot)
     log.info("silver written", table=silver.identifier, rows_in=rows_in, rows=n_silver,
              quarantined=result.quarantined, duplicates=result.duplicates)
     return result
-
-
-def _ts_bounds(batch: pa.Table) -> pa.Table:
-    bounds = pc.min_max(batch.column("ts"))
-    return pa.table({"first": [bounds["min"].as_py()], "last": [bounds["max"].as_py()]})
-
-
-def _day_bounds(ds: ray.data.Dataset):
-    """First and last event day: a min/max per block (Ray's global aggregate costs seconds more)."""
-    bounds = ds.map_batches(_ts_bounds, batch_format="pyarrow").to_pandas()
-    return bounds["first"].min().date(), bounds["last"].max().date()
 
 
 # --- backfill: silver rebuilt from all of bronze for an interval of event days ----------------------
@@ -346,12 +397,12 @@ def rebuild_transactions(ctx: RunContext, source: SourceConfig, known_user_ids: 
                      batch_format="pyarrow", batch_size=VALIDATION_BATCH_ROWS)
         .materialize()
     )
-    rows_in = checked.count()
-    bad = checked.map_batches(_quarantined, fn_kwargs={"schema": quarantine.schema}, batch_format="pyarrow").materialize()
-    valid = checked.map_batches(_valid, fn_kwargs={"extras": silver_extras(ctx, source)},
-                                batch_format="pyarrow").materialize()
-    deduped = _deduplicate(ctx, valid, pa.array([], pa.string()))
-    result = SilverResult(rows_in, deduped.count(), bad.count(), valid.count() - deduped.count(), start, end - DAY)
+    refined = _split_and_deduplicate(ctx, checked, list(source.columns), silver_extras(ctx, source), quarantine, silver,
+                                     lambda first_day, last_day: pa.array([], pa.string()))
+    bad, deduped = refined.bad, refined.silver
+    n_silver = deduped.count()
+    result = SilverResult(refined.rows_in, n_silver, refined.rows_in - refined.valid, refined.valid - n_silver,
+                          start, end - DAY)
     ctx.lake.ensure(silver, evolve=True)
     ctx.lake.ensure(quarantine, evolve=True)
     held_silver = ctx.lake.read_ray(silver.identifier, day_range("ts", start, end))
@@ -366,7 +417,7 @@ def rebuild_transactions(ctx: RunContext, source: SourceConfig, known_user_ids: 
         ctx.wrote(quarantine.identifier, ctx.lake.write(bad, quarantine,
                                                         ctx.commit_properties(backfill=f"{start}..{end}"),
                                                         overwrite_filter=replaces))
-    log.info("silver backfilled", table=silver.identifier, start=str(start), end=str(end), rows_in=rows_in,
+    log.info("silver backfilled", table=silver.identifier, start=str(start), end=str(end), rows_in=result.rows_in,
              rows=result.valid, quarantined=result.quarantined, duplicates=result.duplicates,
              silver_changed=silver.identifier in ctx.tables_written,
              quarantine_changed=quarantine.identifier in ctx.tables_written)
