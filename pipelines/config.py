@@ -95,10 +95,11 @@ class RayConfig:
     # Silver inputs up to this many rows are deduplicated on the driver (above it only the contested ids
     # come to the driver): below it Ray's per-task overhead dominates. 0: always through Ray.
     local_max_rows: int = 500_000
-    # Gold is computed by the engine in the driver process while silver holds up to this many events:
-    # on a single machine a hash shuffle across Ray tasks costs more than it saves (10M events: ~1 min in
-    # one process vs ~4 min through 8 Ray partitions on 2 cores). Above it, and always when 0 (cluster
-    # profile), entities are hash-partitioned over Ray.
+    # While silver holds up to this many events, gold's events are read into the driver process and cut
+    # into entity slices there, each slice computed by a Ray task: on a single machine a hash shuffle
+    # across Ray tasks costs more than it saves (10M events: ~1 min in one process vs ~4 min through 8
+    # Ray partitions on 2 cores). Above it, and always when 0 (cluster profile), entities are
+    # hash-partitioned by a Ray shuffle.
     gold_local_max_events: int = 500_000
     # Joining a cluster: ship this project's packages to the workers (Ray runtime env py_modules), and
     # forward these environment variables (when set on the driver) so workers reach the object store and

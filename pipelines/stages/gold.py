@@ -34,7 +34,7 @@ from validation import schema_policy
 from validation.gold import contract as gold_contract
 
 DAY = dt.timedelta(days=1)
-SLICE_EVENTS = 2_000_000  # events per slice of entities when gold is computed in the driver process
+SLICE_EVENTS = 2_000_000  # events per slice of entities when the slices are cut in the driver process
 
 
 @dataclass
@@ -87,17 +87,53 @@ def compute_local(events_table: pa.Table, fs: FeatureSet, first: dt.date, last: 
 
 
 def compute_in_slices(events: pa.Table, fs: FeatureSet, first: dt.date, last: dt.date,
-                      entities: Optional[pd.DataFrame], slice_events: int = SLICE_EVENTS) -> pa.Table:
-    """`compute_local` over hash slices of entities, one after the other: the same partitioning the Ray
-    path uses (every event of an entity in one slice), so the engine's pandas working set is bounded by a
-    slice (~2M events) while only the compact Arrow results accumulate."""
+                      entities: Optional[pd.DataFrame], slice_events: int = SLICE_EVENTS,
+                      workers: int = 0) -> List[pa.Table]:
+    """`compute_local` over hash slices of entities: the same partitioning the Ray path uses (every event
+    of an entity in one slice), so the engine's pandas working set is bounded by a slice (~2M events).
+    The slices are cut here, in one process, instead of by a shuffle; with `workers` they are computed
+    as that many Ray tasks at a time (the slice count rounded up to a multiple of it), else one after the
+    other in this process. Returns the slices' gold rows."""
     slices = max(1, -(-events.num_rows // slice_events))
+    if workers and slices > 1:
+        slices = -(-slices // workers) * workers
     if slices == 1:
-        return compute_local(events, fs, first, last, entities)
+        return [compute_local(events, fs, first, last, entities)]
     bucket = _with_bucket(events.select([fs.entity.join_key]), fs.entity.join_key, slices).column("_bucket")
-    parts = [compute_local(events.filter(pc.equal(bucket, index)), fs, first, last, entities)
-             for index in range(slices)]
-    return pa.concat_tables(parts)
+    parts = [events.filter(pc.equal(bucket, index)) for index in range(slices)]
+    if not workers:
+        return [compute_local(part, fs, first, last, entities) for part in parts]
+    shared = ray.put(entities)
+    return ray.get([_compute_slice.remote(part, fs, first, last, shared) for part in parts])
+
+
+@ray.remote
+def _compute_slice(events: pa.Table, fs: FeatureSet, first: dt.date, last: dt.date,
+                   entities: Optional[pd.DataFrame]) -> pa.Table:
+    return compute_local(events, fs, first, last, entities)
+
+
+def by_day_ranges(parts: List[pa.Table], column: str, pieces: int) -> List[pa.Table]:
+    """The rows of `parts` regrouped into `pieces` tables of consecutive days (about equal in rows): that
+    many write tasks can run at once, and each day's rows are in one table (one data file per day)."""
+    days = pa.chunked_array([chunk for part in parts for chunk in part.column(column).cast(pa.date32()).chunks],
+                            pa.date32())
+    values, counts = np.unique(days.cast(pa.int32()).to_numpy(), return_counts=True)
+    if len(values) <= 1 or pieces <= 1:
+        return [pa.concat_tables(parts)]
+    # the day each piece starts on: where the running row count crosses each 1/pieces of the rows
+    cuts = np.unique(values[np.searchsorted(np.cumsum(counts), np.arange(1, pieces) * days.length() / pieces)])
+    edges = [None] + [pa.scalar(int(c), pa.int32()).cast(pa.date32()) for c in cuts if c > values[0]] + [None]
+    tables = []
+    for low, high in zip(edges[:-1], edges[1:]):
+        chosen = []
+        for part in parts:
+            day = part.column(column).cast(pa.date32())
+            keep = pc.and_(pc.greater_equal(day, low) if low is not None else pc.is_valid(day),
+                           pc.less(day, high) if high is not None else pc.is_valid(day))
+            chosen.append(part.filter(keep))
+        tables.append(pa.concat_tables(chosen))
+    return tables
 
 
 def _compute_group(group: pa.Table, fs_name: str, first: dt.date, last: dt.date,
@@ -200,8 +236,9 @@ def build(ctx: RunContext, fs: FeatureSet) -> GoldResult:
 
 
 def _compute(ctx: RunContext, fs: FeatureSet, first: dt.date, last: dt.date) -> ray.data.Dataset:
-    """Gold rows for as-of days [first, last] from silver (materialized): on the driver for small inputs,
-    hash-partitioned on Ray otherwise."""
+    """Gold rows for as-of days [first, last] from silver (materialized). Up to `gold_local_max_events`
+    the events are read into this process and cut into entity slices here (no shuffle), the slices
+    computed as Ray tasks side by side; above it, hash-partitioned by a Ray shuffle."""
     silver_id = f"silver.{fs.source_table}"
     window = fs.max_window_days()
     needed = [fs.entity.join_key, fs.timestamp_column] + sorted(
@@ -216,9 +253,12 @@ def _compute(ctx: RunContext, fs: FeatureSet, first: dt.date, last: dt.date) -> 
         columns = [fs.entity.join_key] + sorted({a.column for a in fs.attributes})
         entities = ctx.lake.read_arrow(entity_id, columns=columns).to_pandas()
     silver_rows = ctx.lake.row_count(silver_id)
-    if silver_rows <= ctx.cfg.ray.gold_local_max_events:  # the engine in this process, no shuffle
+    if silver_rows <= ctx.cfg.ray.gold_local_max_events:  # slices cut in this process, no shuffle
         events = ctx.lake.read_arrow(silver_id, events_filter, needed)
-        return ray.data.from_arrow(compute_in_slices(events, fs, first, last, entities))
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        parts = compute_in_slices(events, fs, first, last, entities, workers=cpus)
+        del events
+        return ray.data.from_arrow(by_day_ranges(parts, fs.as_of_column, cpus))
     ray_runtime.choose_shuffle(ctx.cfg.ray, silver_rows)
     events = ctx.lake.read_ray(silver_id, events_filter, needed)
     return compute_on_ray(events, fs, first, last, entities, ctx.cfg.ray.gold_partitions).materialize()
