@@ -24,6 +24,7 @@ from pipelines.pii import load_key
 from pipelines.quality import gate as quality_gate
 from pipelines.profiles import require_credentials
 from pipelines.stages import bronze, gold, silver
+from serving import applied
 from validation import transactions as tx_contract
 from validation import users as users_contract
 
@@ -145,14 +146,20 @@ def _locked_run(cfg: PipelineConfig, sets: List[FeatureSet], run_id: str, starte
                     raise
         faults.point("gated")
         with stage(ctx, "publish"):
-            # imported here, not with the rest: Feast takes ~6 s to import, which a run that stops
-            # earlier (a failed gate, a crash) need not pay
-            from serving import publish as publishing
-
-            store = publishing.open_store(cfg)
-            publishing.apply(store, sets, cfg)
             published = []
-            for fs in sets:
+            if all(built[fs.name].first_as_of is None for fs in sets) and applied.is_current(cfg, sets):
+                log.info("nothing to publish: Feast holds these feature sets as last applied")
+                sets_to_publish = []
+            else:
+                # imported here, not with the rest: Feast takes seconds to import, which a run that stops
+                # earlier (a failed gate, a crash) or has nothing to publish need not pay
+                from serving import publish as publishing
+
+                store = publishing.open_store(cfg)
+                publishing.apply(store, sets, cfg)
+                applied.record(cfg, sets)
+                sets_to_publish = sets
+            for fs in sets_to_publish:
                 changed = built[fs.name]
                 if changed.first_as_of is None:
                     continue
@@ -200,7 +207,7 @@ def _locked_run(cfg: PipelineConfig, sets: List[FeatureSet], run_id: str, starte
         "rejected_files": ctx.rejected_files,
         "gold_digests": ctx.digests,
         "mlflow": {"tracking_uri": cfg.tracking.tracking_uri, "run_id": mlflow_run_id},
-        "feast_repo": str(publishing.repo_path(cfg)),
+        "feast_repo": str(applied.repo_path(cfg)),
         "seconds": ctx.durations,
         "quality": None if gate_result is None else {
             "passed": gate_result.passed, "report": str(gate_result.report_path), "alerts": gate_result.alerts,

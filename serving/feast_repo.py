@@ -17,14 +17,11 @@ from feast.types import Float64, Int64, String
 
 from features.declarations import FeatureSet
 from pipelines.config import PipelineConfig
+from serving.applied import repo_path
 
 PROJECT = "medallion"
 _FEAST_TYPES = {"float64": Float64, "int64": Int64, "string": String}
 _VALUE_TYPES = {"int64": ValueType.INT64, "string": ValueType.STRING}
-
-
-def repo_path(cfg: PipelineConfig) -> Path:
-    return Path(cfg.data_dir) / "feast"
 
 
 def render_feature_store_yaml(cfg: PipelineConfig) -> Path:

@@ -47,3 +47,25 @@ def test_bad_config_is_one_line(override, message):
         load_config([override])
     assert message in str(raised.value)
     assert "\n" not in str(raised.value)
+
+
+def test_feast_apply_fingerprint_follows_what_the_apply_derives_from(tmp_path):
+    """A rerun skips Feast only while the declarations and the Feast-facing settings are those last applied."""
+    import dataclasses
+
+    from features.registry import feature_sets
+    from serving import applied
+
+    cfg = load_config([f"data_dir={tmp_path}"])
+    sets = feature_sets(cfg.features.sets)
+    assert not applied.is_current(cfg, sets)  # never applied here
+    (tmp_path / "feast").mkdir()
+    (tmp_path / "feast" / "registry.db").write_bytes(b"")
+    applied.record(cfg, sets)
+    assert applied.is_current(cfg, sets)
+    assert not applied.is_current(cfg, sets[:1])  # a feature set fewer
+    changed = dataclasses.replace(sets[0], description=sets[0].description + " (changed)")
+    assert not applied.is_current(cfg, [changed] + sets[1:])
+    assert not applied.is_current(load_config([f"data_dir={tmp_path}", "online_store.path=/elsewhere.db"]), sets)
+    (tmp_path / "feast" / "registry.db").unlink()  # the file registry is gone: apply again
+    assert not applied.is_current(cfg, sets)

@@ -42,6 +42,8 @@ def test_rerun_without_new_data_writes_nothing_then_a_new_day_is_ingested_alone(
     assert second["new_data"] is False and second["status"] == "succeeded"
     assert snapshots(first) == before  # not a single commit
     assert '"event": "no new data: nothing was written"' in out.stderr
+    # nothing to publish and the same Feast objects as the first run applied: Feast is not even imported
+    assert '"event": "nothing to publish: Feast holds these feature sets as last applied"' in out.stderr
 
     # one new day of data plus an empty file: only the day is ingested, the empty file is named
     folder = Path(pipeline_run["cfg"].sample.output_dir) / "transactions"
