@@ -92,8 +92,9 @@ class RayConfig:
     # Ray Data's shuffle for group-bys: auto | sort_shuffle_pull_based | hash_shuffle (see ray_runtime)
     shuffle_strategy: str = "auto"
     hash_shuffle_from_rows: int = 2_000_000
-    # Silver inputs up to this many rows are deduplicated on the driver (above it only the contested ids
-    # come to the driver): below it Ray's per-task overhead dominates. 0: always through Ray.
+    # Up to this many valid rows, silver's duplicates are settled on the driver over all valid rows (above
+    # it only the rows whose tx_id occurs twice come to the driver; the tx_ids come at any size). 0: only
+    # the contested rows, at any size.
     local_max_rows: int = 500_000
     # While silver holds up to this many events, gold's events are read into the driver process and cut
     # into entity slices there, each slice computed by a Ray task: on a single machine a hash shuffle

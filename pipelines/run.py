@@ -157,7 +157,6 @@ def _locked_run(cfg: PipelineConfig, sets: List[FeatureSet], run_id: str, starte
 
                 store = publishing.open_store(cfg)
                 publishing.apply(store, sets, cfg)
-                applied.record(cfg, sets)
                 sets_to_publish = sets
             for fs in sets_to_publish:
                 changed = built[fs.name]

@@ -3,8 +3,9 @@ and nothing new to apply skips Feast altogether (importing it alone takes second
 nothing else).
 
 The fingerprint covers everything the applied objects and the rendered repo derive from: the feature
-declarations, the online store, registry and catalog settings, the data directory and Feast's version.
-A different machine (no fingerprint there) or a missing file registry applies again."""
+declarations, the online store, registry and catalog settings, the data directory, the code that derives
+the objects (`serving/feast_repo.py`) and Feast's version. A different machine (no fingerprint there) or
+a missing file registry applies again."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ def repo_path(cfg: PipelineConfig) -> Path:
 def fingerprint(cfg: PipelineConfig, sets: List[FeatureSet]) -> str:
     inputs = {
         "feast": importlib.metadata.version("feast"),
+        "derivation": hashlib.sha256(Path(__file__).with_name("feast_repo.py").read_bytes()).hexdigest(),
         "data_dir": str(cfg.data_dir),
         "online_store": dataclasses.asdict(cfg.online_store),
         "registry": dataclasses.asdict(cfg.registry),
@@ -50,3 +52,7 @@ def is_current(cfg: PipelineConfig, sets: List[FeatureSet]) -> bool:
 
 def record(cfg: PipelineConfig, sets: List[FeatureSet]) -> None:
     (repo_path(cfg) / MARKER).write_text(fingerprint(cfg, sets) + "\n")
+
+
+def forget(cfg: PipelineConfig) -> None:
+    (repo_path(cfg) / MARKER).unlink(missing_ok=True)

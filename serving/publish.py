@@ -19,7 +19,7 @@ from pyiceberg.expressions import AlwaysFalse, GreaterThanOrEqual, In
 from features.declarations import FeatureSet
 from pipelines.io.lake import Lake
 from pipelines.config import PipelineConfig
-from serving import online_sqlite
+from serving import applied, online_sqlite
 from serving.feast_repo import feast_objects, render_feature_store_yaml, repo_path
 
 CONSISTENCY_SAMPLE = 25
@@ -39,7 +39,11 @@ def open_store(cfg: PipelineConfig) -> FeatureStore:
 
 
 def apply(store: FeatureStore, sets: List[FeatureSet], cfg: PipelineConfig) -> None:
+    """Apply the feature sets' Feast objects and record what was applied (`serving.applied`); the old
+    record goes first, so an apply that is interrupted or fails leaves no claim behind."""
+    applied.forget(cfg)
     store.apply([obj for fs in sets for obj in feast_objects(fs, cfg)])
+    applied.record(cfg, sets)
 
 
 def latest_rows(lake: Lake, fs: FeatureSet, since: dt.date) -> pd.DataFrame:

@@ -263,8 +263,7 @@ def _split_and_deduplicate(ctx: RunContext, checked: ray.data.Dataset, columns: 
     singles = singles.materialize()
     disputed = _arrow(checked.map_batches(_valid, fn_kwargs={**valid_kwargs, "keep": True}, batch_format="pyarrow"),
                       silver.schema) if len(contested) else silver.schema.empty_table()
-    blocks = singles.to_arrow_refs()
-    edges = np.array(ray.get([_ts_edges.remote(block) for block in blocks]), dtype=np.int64).reshape(-1, 2)
+    edges = _block_edges(singles.to_arrow_refs())
     ts = pc.cast(disputed.column("ts"), pa.int64()).to_numpy()
     instants = np.concatenate([edges[edges[:, 0] != EMPTY[0]].ravel(), ts])
     first_day = _utc_day(instants.min()) if len(instants) else None
@@ -274,9 +273,8 @@ def _split_and_deduplicate(ctx: RunContext, checked: ray.data.Dataset, columns: 
     if len(held_here):
         singles = singles.map_batches(_rows_with_ids, fn_kwargs={"ids": held_here, "keep": False},
                                       batch_format="pyarrow").materialize()
-        blocks = singles.to_arrow_refs()
     winners = _first_occurrences(disputed, held_here)
-    deduped = _beside_their_days(blocks, edges[:, 0], winners) if winners.num_rows else singles
+    deduped = _beside_their_days(singles.to_arrow_refs(), winners) if winners.num_rows else singles
     return _Refined(bad.materialize(), deduped, rows_in, len(ids), present, first_day, last_day)
 
 
@@ -286,18 +284,29 @@ EMPTY = (np.iinfo(np.int64).max, np.iinfo(np.int64).min)  # the edges of a block
 @ray.remote
 def _ts_edges(block: pa.Table) -> tuple:
     """First and last event time of a block, as epoch microseconds."""
+    if block.num_rows == 0:  # Ray may hand over an empty block without columns
+        return EMPTY
     bounds = pc.min_max(pc.cast(block.column("ts"), pa.int64()))
     return (bounds["min"].as_py(), bounds["max"].as_py()) if bounds["min"].is_valid else EMPTY
+
+
+def _block_edges(blocks: List[ray.ObjectRef]) -> np.ndarray:
+    """Per block, in the order given: first and last event time (EMPTY for a block without rows)."""
+    return np.array(ray.get([_ts_edges.remote(block) for block in blocks]), dtype=np.int64).reshape(-1, 2)
 
 
 def _utc_day(micros: int) -> dt.date:
     return (dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=int(micros))).date()
 
 
-def _beside_their_days(blocks: List[ray.ObjectRef], starts: np.ndarray, rows: pa.Table) -> ray.data.Dataset:
+def _beside_their_days(blocks: List[ray.ObjectRef], rows: pa.Table) -> ray.data.Dataset:
     """The silver blocks, with each of `rows` (the few settled on the driver) in a small block right after
-    the block whose event times it falls among: the write concatenates neighbouring blocks, so those rows
-    join their day's data file instead of making a tiny file on every day."""
+    the last block (by first event time) that starts at or before the row's event time: the write
+    concatenates neighbouring blocks, so those rows join their day's data file instead of making a tiny
+    file on every day. Every row is placed once, whatever the blocks hold (empty ones included)."""
+    starts = _block_edges(blocks)[:, 0]  # of exactly these blocks: an earlier list may differ in length
+    kept = starts != EMPTY[0]  # blocks without rows are left out (Ray may hand them over without columns)
+    blocks, starts = [block for block, keep in zip(blocks, kept) if keep], starts[kept]
     if not blocks:
         return ray.data.from_arrow(rows)
     order = np.argsort(starts, kind="stable")  # blocks by their first event time
