@@ -4,8 +4,9 @@ nothing else).
 
 The fingerprint covers everything the applied objects and the rendered repo derive from: the feature
 declarations, the online store, registry and catalog settings, the data directory, the code that derives
-the objects (`serving/feast_repo.py`) and Feast's version. A different machine (no fingerprint there) or
-a missing file registry applies again."""
+the objects (`serving/feast_repo.py`) and Feast's version. A missing file registry applies again. Only for
+the file registry: a shared SQL registry (prod) can be changed by other clients, which no file on this
+machine would know of, so there every run applies."""
 
 from __future__ import annotations
 
@@ -42,16 +43,18 @@ def fingerprint(cfg: PipelineConfig, sets: List[FeatureSet]) -> str:
 
 
 def is_current(cfg: PipelineConfig, sets: List[FeatureSet]) -> bool:
-    """The last apply from this data directory applied exactly these objects, and its file registry is there."""
+    """The last apply from this data directory applied exactly these objects into its file registry,
+    which is still there."""
     repo = repo_path(cfg)
-    if cfg.registry.type == "file" and not (repo / "registry.db").exists():
+    if cfg.registry.type != "file" or not (repo / "registry.db").exists():
         return False
     marker = repo / MARKER
     return marker.exists() and marker.read_text().strip() == fingerprint(cfg, sets)
 
 
 def record(cfg: PipelineConfig, sets: List[FeatureSet]) -> None:
-    (repo_path(cfg) / MARKER).write_text(fingerprint(cfg, sets) + "\n")
+    if cfg.registry.type == "file":
+        (repo_path(cfg) / MARKER).write_text(fingerprint(cfg, sets) + "\n")
 
 
 def forget(cfg: PipelineConfig) -> None:

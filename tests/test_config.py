@@ -67,5 +67,9 @@ def test_feast_apply_fingerprint_follows_what_the_apply_derives_from(tmp_path):
     changed = dataclasses.replace(sets[0], description=sets[0].description + " (changed)")
     assert not applied.is_current(cfg, [changed] + sets[1:])
     assert not applied.is_current(load_config([f"data_dir={tmp_path}", "online_store.path=/elsewhere.db"]), sets)
+    # a shared SQL registry can be changed by other clients: always applied, nothing recorded
+    shared = load_config([f"data_dir={tmp_path}", "registry=sql"])
+    applied.record(shared, sets)
+    assert not applied.is_current(shared, sets) and applied.is_current(cfg, sets)
     (tmp_path / "feast" / "registry.db").unlink()  # the file registry is gone: apply again
     assert not applied.is_current(cfg, sets)
