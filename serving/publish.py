@@ -20,7 +20,8 @@ from features.declarations import FeatureSet
 from pipelines.io.lake import Lake
 from pipelines.config import PipelineConfig
 from serving import applied, online_sqlite
-from serving.feast_repo import feast_objects, render_feature_store_yaml, repo_path
+from serving.applied import repo_path
+from serving.feast_repo import feast_objects, render_feature_store_yaml
 
 CONSISTENCY_SAMPLE = 25
 

@@ -116,24 +116,15 @@ def _compute_slice(events: pa.Table, fs: FeatureSet, first: dt.date, last: dt.da
 def by_day_ranges(parts: List[pa.Table], column: str, pieces: int) -> List[pa.Table]:
     """The rows of `parts` regrouped into `pieces` tables of consecutive days (about equal in rows): that
     many write tasks can run at once, and each day's rows are in one table (one data file per day)."""
-    days = pa.chunked_array([chunk for part in parts for chunk in part.column(column).cast(pa.date32()).chunks],
-                            pa.date32())
-    values, counts = np.unique(days.cast(pa.int32()).to_numpy(), return_counts=True)
+    days = [part.column(column).cast(pa.date32()).cast(pa.int32()).to_numpy() for part in parts]
+    values, counts = np.unique(np.concatenate(days), return_counts=True)
     if len(values) <= 1 or pieces <= 1:
         return [pa.concat_tables(parts)]
     # the day each piece starts on: where the running row count crosses each 1/pieces of the rows
-    cuts = np.unique(values[np.searchsorted(np.cumsum(counts), np.arange(1, pieces) * days.length() / pieces)])
-    edges = [None] + [pa.scalar(int(c), pa.int32()).cast(pa.date32()) for c in cuts if c > values[0]] + [None]
-    tables = []
-    for low, high in zip(edges[:-1], edges[1:]):
-        chosen = []
-        for part in parts:
-            day = part.column(column).cast(pa.date32())
-            keep = pc.and_(pc.greater_equal(day, low) if low is not None else pc.is_valid(day),
-                           pc.less(day, high) if high is not None else pc.is_valid(day))
-            chosen.append(part.filter(keep))
-        tables.append(pa.concat_tables(chosen))
-    return tables
+    cuts = np.unique(values[np.searchsorted(np.cumsum(counts), np.arange(1, pieces) * counts.sum() / pieces)])
+    edges = [values[0]] + [c for c in cuts if c > values[0]] + [values[-1] + 1]
+    return [pa.concat_tables([part.filter(pa.array((day >= low) & (day < high))) for part, day in zip(parts, days)])
+            for low, high in zip(edges[:-1], edges[1:])]
 
 
 def _compute_group(group: pa.Table, fs_name: str, first: dt.date, last: dt.date,

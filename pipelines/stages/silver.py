@@ -228,6 +228,9 @@ def _arrow(ds: ray.data.Dataset, schema: pa.Schema) -> pa.Table:
     return pa.concat_tables([t.cast(schema) for t in tables]) if tables else schema.empty_table()
 
 
+EMPTY = (np.iinfo(np.int64).max, np.iinfo(np.int64).min)  # the edges of a block without rows
+
+
 @dataclass
 class _Refined:
     bad: ray.data.Dataset  # quarantined rows, with their reasons
@@ -263,7 +266,8 @@ def _split_and_deduplicate(ctx: RunContext, checked: ray.data.Dataset, columns: 
     singles = singles.materialize()
     disputed = _arrow(checked.map_batches(_valid, fn_kwargs={**valid_kwargs, "keep": True}, batch_format="pyarrow"),
                       silver.schema) if len(contested) else silver.schema.empty_table()
-    edges = _block_edges(singles.to_arrow_refs())
+    blocks = singles.to_arrow_refs()
+    edges = _block_edges(blocks)
     ts = pc.cast(disputed.column("ts"), pa.int64()).to_numpy()
     instants = np.concatenate([edges[edges[:, 0] != EMPTY[0]].ravel(), ts])
     first_day = _utc_day(instants.min()) if len(instants) else None
@@ -273,12 +277,11 @@ def _split_and_deduplicate(ctx: RunContext, checked: ray.data.Dataset, columns: 
     if len(held_here):
         singles = singles.map_batches(_rows_with_ids, fn_kwargs={"ids": held_here, "keep": False},
                                       batch_format="pyarrow").materialize()
+        blocks = singles.to_arrow_refs()  # re-blocked (Ray merges emptied blocks away): edges anew
+        edges = _block_edges(blocks)
     winners = _first_occurrences(disputed, held_here)
-    deduped = _beside_their_days(singles.to_arrow_refs(), winners) if winners.num_rows else singles
+    deduped = _beside_their_days(blocks, edges[:, 0], winners) if winners.num_rows else singles
     return _Refined(bad.materialize(), deduped, rows_in, len(ids), present, first_day, last_day)
-
-
-EMPTY = (np.iinfo(np.int64).max, np.iinfo(np.int64).min)  # the edges of a block without rows
 
 
 @ray.remote
@@ -299,12 +302,13 @@ def _utc_day(micros: int) -> dt.date:
     return (dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=int(micros))).date()
 
 
-def _beside_their_days(blocks: List[ray.ObjectRef], rows: pa.Table) -> ray.data.Dataset:
+def _beside_their_days(blocks: List[ray.ObjectRef], starts: np.ndarray, rows: pa.Table) -> ray.data.Dataset:
     """The silver blocks, with each of `rows` (the few settled on the driver) in a small block right after
-    the last block (by first event time) that starts at or before the row's event time: the write
-    concatenates neighbouring blocks, so those rows join their day's data file instead of making a tiny
-    file on every day. Every row is placed once, whatever the blocks hold (empty ones included)."""
-    starts = _block_edges(blocks)[:, 0]  # of exactly these blocks: an earlier list may differ in length
+    the last block (by first event time, `starts`) that starts at or before the row's event time: the
+    write concatenates neighbouring blocks, so those rows join their day's data file instead of making a
+    tiny file on every day. Every row is placed once, whatever the blocks hold (empty ones included)."""
+    if len(starts) != len(blocks):  # edges of another block list would place rows after no block at all
+        raise ValueError(f"{len(starts)} block edges for {len(blocks)} blocks")
     kept = starts != EMPTY[0]  # blocks without rows are left out (Ray may hand them over without columns)
     blocks, starts = [block for block, keep in zip(blocks, kept) if keep], starts[kept]
     if not blocks:
