@@ -91,7 +91,7 @@ def _locked_run(cfg: PipelineConfig, sets: List[FeatureSet], run_id: str, starte
     if open_run.interrupted:
         log.warning("resuming interrupted run(s)", interrupted=open_run.interrupted)
     faults.point("planned")
-    ray_runtime.start(cfg.ray)
+    ray_runtime.start_when_needed(cfg.ray)
 
     from serving import tracking
 

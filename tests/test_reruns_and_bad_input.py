@@ -44,6 +44,9 @@ def test_rerun_without_new_data_writes_nothing_then_a_new_day_is_ingested_alone(
     assert '"event": "no new data: nothing was written"' in out.stderr
     # nothing to publish and the same Feast objects as the first run applied: Feast is not even imported
     assert '"event": "nothing to publish: Feast holds these feature sets as last applied"' in out.stderr
+    # nothing new in the files or the users query: Ray is never started (nor joined)
+    assert '"event": "query result unchanged, nothing to ingest"' in out.stderr
+    assert '"event": "ray runtime started"' not in out.stderr
 
     # one new day of data plus an empty file: only the day is ingested, the empty file is named
     folder = Path(pipeline_run["cfg"].sample.output_dir) / "transactions"
@@ -53,11 +56,13 @@ def test_rerun_without_new_data_writes_nothing_then_a_new_day_is_ingested_alone(
              "new-3,4,2,0.00,USD,app,2026-01-21T12:00:00.000000Z"]
     (folder / "2026-01-21.csv").write_text("\n".join(lines) + "\n")
     (folder / "2026-01-22.csv").write_text("")
-    from pipelines.run import run
-
     # a three-row day is far below the usual volume, and moves every feature: the gate would stop it
-    third = run(small_config(data_dir, "cutoff=2026-01-22T00:00:00Z", "quality.row_count.severity=warn",
-                             "quality.drift.severity=warn"))
+    out = cli("run", f"data_dir={data_dir}", *SMALL, "cutoff=2026-01-22T00:00:00Z", "quality.row_count.severity=warn",
+              "quality.drift.severity=warn", f"ray.address={ray.get_runtime_context().gcs_address}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    third = json.loads(out.stdout.strip().splitlines()[-1])
+    # new data: Ray is joined once, when the ingest first needs it
+    assert out.stderr.count('"event": "ray runtime started"') == 1
     assert {c.split("=")[0] for c in third["quality"]["failed_checks"]} >= {"row_count.transactions"}
     assert third["counts"]["transactions.units_ingested"] == 1
     assert third["counts"]["transactions.bronze_rows_ingested"] == 3

@@ -29,7 +29,7 @@ from pyiceberg.table.name_mapping import MappedField, NameMapping
 from ray.data import SaveMode
 from ray.data._internal.datasource.iceberg_datasink import IcebergDatasink  # ray is pinned (constraints.txt)
 
-from pipelines import faults
+from pipelines import faults, ray_runtime
 from pipelines.config import CatalogConfig
 from pipelines.errors import PipelineError
 
@@ -210,6 +210,7 @@ class Lake:
         self, identifier: str, row_filter: BooleanExpression = AlwaysTrue(), columns: Sequence[str] = ("*",)
     ) -> ray.data.Dataset:
         """A bulk read, split across Ray tasks by data file (filter and projection pushed to pyiceberg)."""
+        ray_runtime.ensure()
         with warnings.catch_warnings():  # the parameters are deprecated in favour of lazy ops, which
             warnings.simplefilter("ignore", DeprecationWarning)  # do not prune files the same way yet
             return ray.data.read_iceberg(

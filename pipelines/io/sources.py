@@ -4,6 +4,7 @@ Files are listed and fingerprinted (sha256 of the content) on the driver through
 may be local or on object storage. Each file is then parsed inside a Ray task: nothing assumes that the
 workers share the driver's disk beyond what the path itself says. Malformed CSV lines are not dropped:
 they become bronze rows whose `_malformed_line` holds the raw text, so silver can quarantine them.
+A SQL source's result is read in the driver (`read_query`): one query is one read.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pyarrow.parquet as pq
 import ray
 import sqlalchemy
 
+from pipelines import ray_runtime
 from pipelines.config import SourceConfig
 from pipelines.errors import SourceError
 from pipelines.io import row_hash
@@ -253,6 +255,7 @@ def read_files(name: str, source: SourceConfig, files: List[SourceFile], columns
                ingested_at: dt.datetime) -> ray.data.Dataset:
     """One Ray task per file; the dataset's rows are bronze rows. `expected` are the table's data columns
     (declared plus evolved) and `policy` the bronze schema policy for columns beyond them."""
+    ray_runtime.ensure()
     items = [{"path": f.path, "uri": f.uri, "format": f.format, "sha256": f.sha256, "root": source.path,
               "columns": columns_by_file[f.uri]} for f in files]
     return ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
@@ -313,25 +316,32 @@ def probe_query(name: str, source: SourceConfig) -> None:
         engine.dispose()
 
 
-def read_query(name: str, source: SourceConfig, since: Optional[str] = None) -> ray.data.Dataset:
-    """Rows of a SQL source as text columns (Ray Data's SQL reader); with `since`, only the rows whose
-    watermark column is at or after it (the comparison is the database's own)."""
+def read_query(name: str, source: SourceConfig, since: Optional[str] = None) -> pa.Table:
+    """Rows of a SQL source as text columns; with `since`, only the rows whose watermark column is at or
+    after it (the comparison is the database's own). Read here, in the driver, as Ray Data's SQL reader
+    would (one cursor, `fetchall`, Arrow's type inference, then text): a query without shard keys is one
+    read task there anyway, and its rows came to the driver to be hashed. Reading them here lets a rerun
+    find an unchanged source without starting Ray."""
     uri = source.uri or ""
     query = source.query or ""
     if since is not None:
         literal = since.replace("'", "''")
         query = f"SELECT * FROM ({query}) AS source_rows WHERE {source.watermark_column} >= '{literal}'"
-
-    def connect():
-        return sqlalchemy.create_engine(uri).raw_connection()
-
-    # One read task: without shard keys Ray cannot split a query, and its default of 200 empty-ish blocks
-    # makes every later operation pay 200 task launches.
-    ds = ray.data.read_sql(query, connect, override_num_blocks=1)
-    columns = list(source.columns)
-
-    def as_text(batch: pa.Table) -> pa.Table:
-        return pa.table({c: _as_text(batch.column(c)) if c in batch.column_names else pa.nulls(batch.num_rows, pa.string())
-                         for c in columns})
-
-    return ds.map_batches(as_text, batch_format="pyarrow")
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        connection = engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            cursor.execute(query)
+            rows = cursor.fetchall()
+            names = [description[0] for description in cursor.description]
+        finally:
+            connection.close()
+    except Exception as exc:
+        first = str(exc).splitlines()[0]
+        raise SourceError(f"source {name!r}: query failed on {redact_uri(uri)}: {first}") from None
+    finally:
+        engine.dispose()
+    read = pa.Table.from_pydict({column: [row[i] for row in rows] for i, column in enumerate(names)})
+    return pa.table({c: _as_text(read.column(c)) if c in read.column_names else pa.nulls(read.num_rows, pa.string())
+                     for c in source.columns})

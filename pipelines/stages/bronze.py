@@ -11,16 +11,16 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
-import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 from pyiceberg.expressions import And, EqualTo, In
 
 
-from pipelines import logs
+from pipelines import logs, ray_runtime
 from pipelines.config import SourceConfig
 from pipelines.context import RunContext
-from pipelines.io import sources
+from pipelines.io import row_hash, sources
 from pipelines.io.lake import TableSpec
 from validation import schema_policy
 
@@ -151,47 +151,36 @@ def _ingest_query(ctx: RunContext, name: str, source: SourceConfig, spec: TableS
     columns = list(source.columns)
     last = _last_watermark(ctx, spec, name) if source.watermark_column else None
     since = sources.shift_watermark(last, source.watermark_lag_seconds) if last else None
-    raw = sources.read_query(name, source, since).materialize()
+    rows = sources.read_query(name, source, since)
     unit_uri = f"{sources.redact_uri(source.uri or '')} :: {source.query}"
-    hashed = raw.map_batches(
-        lambda b: b.assign(_row_hash=sources.row_hashes(b, columns)), batch_format="pandas"
-    ).to_pandas() if raw.count() else pd.DataFrame(columns=columns + ["_row_hash"])
+    # bronze's row hash covers the `_malformed_line` column too, null for database rows
+    rows = rows.append_column("_malformed_line", pa.nulls(rows.num_rows, pa.string()))
     extra: Dict[str, str] = {}
     if source.watermark_column:
         # rows re-read inside the lag that bronze already holds are not appended again
-        # (bronze's row hash covers the `_malformed_line` column too, null for database rows)
-        as_bronze = sources.row_hashes(hashed.assign(_malformed_line=None), columns + ["_malformed_line"])
-        held = set(ctx.lake.read_arrow(spec.identifier, And(EqualTo("_source", name),
-                                                            In("_row_hash", list(as_bronze))),
-                                       ["_row_hash"]).column("_row_hash").to_pylist()) if len(hashed) else set()
-        hashed = hashed[~as_bronze.isin(held).to_numpy()]
-        if hashed.empty:
+        as_bronze = row_hash.row_hashes(rows, columns + ["_malformed_line"])
+        held = ctx.lake.read_arrow(spec.identifier, And(EqualTo("_source", name),
+                                                        In("_row_hash", as_bronze.to_pylist())),
+                                   ["_row_hash"]).column("_row_hash") if rows.num_rows else pa.array([], pa.string())
+        rows = rows.filter(pc.invert(pc.is_in(as_bronze, value_set=pa.array(held.to_pylist(), pa.string()))))
+        if rows.num_rows == 0:
             log.info("no rows past the watermark", source=name, watermark=last, read_since=since)
             return BronzeResult(0, [])
-        extra[WATERMARK] = sources.latest_watermark([last] + list(hashed[source.watermark_column])) or ""
-        text = pa.schema([pa.field(c, pa.string()) for c in columns])
-        raw = ray.data.from_arrow(pa.Table.from_pandas(hashed[columns], schema=text, preserve_index=False))
+        extra[WATERMARK] = sources.latest_watermark(
+            [last] + rows.column(source.watermark_column).to_pylist()) or ""
     # The unit's content hash is the hash of its sorted row hashes: independent of row order.
-    sha = hashlib.sha256("\n".join(sorted(hashed["_row_hash"])).encode()).hexdigest()
+    unit_hashes = row_hash.row_hashes(rows, columns).to_pylist() if rows.num_rows else []
+    sha = hashlib.sha256("\n".join(sorted(unit_hashes)).encode()).hexdigest()
     if not source.watermark_column and (unit_uri, sha) in _already_ingested(ctx, spec):
         log.info("query result unchanged, nothing to ingest", source=name)
         return BronzeResult(0, [])
-    schema = spec.schema
-    run_id, ingested_at = ctx.run_id, ctx.started_at
-
-    def to_bronze(batch):
-        import pyarrow as pa
-
-        table = batch.select(columns).append_column("_malformed_line", pa.nulls(batch.num_rows, pa.string()))
-        return sources.with_metadata(table, columns, name, unit_uri, sha, run_id, ingested_at, schema)
-
-    ds = raw.map_batches(to_bronze, batch_format="pyarrow").materialize()
-    rows = ds.count()
-    snapshot = ctx.lake.write(ds, spec, ctx.commit_properties(**{INGESTED_UNITS: [{"uri": unit_uri, "sha256": sha}],
-                                                                  "source": name, **extra}))
+    table = sources.with_metadata(rows, columns, name, unit_uri, sha, ctx.run_id, ctx.started_at, spec.schema)
+    ray_runtime.ensure()
+    snapshot = ctx.lake.write(ray.data.from_arrow(table), spec, ctx.commit_properties(
+        **{INGESTED_UNITS: [{"uri": unit_uri, "sha256": sha}], "source": name, **extra}))
     ctx.wrote(spec.identifier, snapshot)
-    log.info("bronze written", source=name, table=spec.identifier, rows=rows, **extra)
-    return BronzeResult(rows, [unit_uri])
+    log.info("bronze written", source=name, table=spec.identifier, rows=table.num_rows, **extra)
+    return BronzeResult(table.num_rows, [unit_uri])
 
 
 def pending_runs(ctx: RunContext, bronze_identifier: str, consumer_identifier: str) -> List[str]:

@@ -246,6 +246,7 @@ def _compute(ctx: RunContext, fs: FeatureSet, first: dt.date, last: dt.date) -> 
     silver_rows = ctx.lake.row_count(silver_id)
     if silver_rows <= ctx.cfg.ray.gold_local_max_events:  # slices cut in this process, no shuffle
         events = ctx.lake.read_arrow(silver_id, events_filter, needed)
+        ray_runtime.ensure()
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         parts = compute_in_slices(events, fs, first, last, entities, workers=cpus)
         del events
