@@ -7,6 +7,7 @@ no new input writes nothing, and running it after new files arrive processes onl
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import json
 import time
 from contextlib import contextmanager
@@ -53,6 +54,10 @@ def stage(ctx: RunContext, name: str) -> Iterator[None]:
     log.info("stage started")
     start = time.perf_counter()
     yield
+    # Ray Data's datasets sit in reference cycles: a stage's materialized blocks (5 GB of bronze at 10M
+    # rows) stay pinned in the object store until Python's cycle collector happens to run, and the next
+    # stage's blocks then spill to disk (measured: gold's build 36 s with 6.7 GB spilled, 20 s without).
+    gc.collect()
     ctx.durations[name] = round(time.perf_counter() - start, 3)
     log.info("stage finished", seconds=ctx.durations[name])
 

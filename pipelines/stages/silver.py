@@ -11,6 +11,7 @@ it consumed (`bronze_runs`); later runs only refine bronze runs not yet recorded
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import json
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List
@@ -364,7 +365,10 @@ def refine_transactions(ctx: RunContext, source: SourceConfig, known_user_ids: L
                                    ["tx_id"]).column("tx_id").combine_chunks()
 
     refined = _split_and_deduplicate(ctx, checked, list(source.columns), extras, quarantine, silver, held_ids)
-    del checked  # every bronze row is now in `bad` or `silver` (or dropped as a duplicate): free the object store
+    # every bronze row is now in `bad` or `silver` (or dropped as a duplicate): free the object store (a
+    # Dataset sits in reference cycles, so only the cycle collector releases its blocks)
+    del checked
+    gc.collect()
     rows_in, n_valid, n_silver = refined.rows_in, refined.valid, refined.silver.count()
     replaces = col("_run_id").is_in(pending)
     ctx.lake.ensure(quarantine, evolve=True)
