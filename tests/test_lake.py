@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
 import pytest
 import pyarrow.parquet as pq
 import ray
@@ -13,7 +12,7 @@ from ray.data.expressions import col
 
 from pipelines.config import CatalogConfig
 from pipelines.errors import PipelineError
-from pipelines.io.lake import Lake, TableSpec, _CheckedIcebergSink
+from pipelines.io.lake import Lake, TableSpec
 
 
 def lake_at(tmp_path) -> Lake:
@@ -33,34 +32,6 @@ def test_dataset_from_read_parquet_writes_to_iceberg(tmp_path, ray_session):
     assert table.scan().to_arrow().sort_by("k").to_pydict() == rows.to_pydict()
     assert table.current_snapshot().snapshot_id == snapshot
     assert table.current_snapshot().summary.additional_properties["run_id"] == "r1"
-    # straight into the sink, with no map of ours in between (Ray's own write_iceberg fails here)
-    ray.data.read_parquet(str(tmp_path / "in.parquet")).write_datasink(_CheckedIcebergSink(
-        "r2", table_identifier="bronze.trap", catalog_kwargs=lake.ray_catalog_kwargs, snapshot_properties={}))
-    assert [f.name for f in lake.table("bronze.trap").schema().fields] == ["k", "v"]
-    assert lake.row_count("bronze.trap") == 6
-
-
-def test_a_fused_read_and_map_streams_into_iceberg_without_materializing(tmp_path, ray_session):
-    # the ingest's shape: a read fused with a map, written as it streams (never materialized)
-    parts = [pa.table({"k": pa.array([f"{day}-{i}" for i in range(n)]), "v": pa.array(range(n), pa.int64())})
-             for day, n in (("a", 5), ("b", 0), ("c", 7))]
-    for index, part in enumerate(parts):
-        pq.write_table(part, tmp_path / f"part-{index}.parquet")
-    ds = ray.data.read_parquet(str(tmp_path), file_extensions=["parquet"]).map_batches(
-        lambda batch: batch.append_column("doubled", pa.compute.multiply(batch.column("v"), 2)), batch_format="pyarrow")
-    lake = lake_at(tmp_path)
-    spec = TableSpec("bronze.stream", pa.schema([("k", pa.string()), ("v", pa.int64()), ("doubled", pa.int64())]))
-    snapshot = lake.write(ds, spec, {"run_id": "r1"})
-    table = lake.table("bronze.stream")
-    assert [f.name for f in table.schema().fields] == ["k", "v", "doubled"]
-    expected = [{"k": f"{day}-{i}", "v": i, "doubled": 2 * i} for day, n in (("a", 5), ("c", 7)) for i in range(n)]
-    assert sorted(table.scan().to_arrow().to_pylist(), key=lambda r: r["k"]) == sorted(expected, key=lambda r: r["k"])
-    assert lake.added_records("bronze.stream", snapshot) == 12
-    # a stream with no rows commits nothing
-    empty = ray.data.read_parquet(str(tmp_path / "part-1.parquet")).map_batches(
-        lambda batch: batch.append_column("doubled", batch.column("v")), batch_format="pyarrow")
-    assert lake.write(empty, spec, {"run_id": "r2"}) == snapshot
-    assert len(lake.table("bronze.stream").snapshots()) == 1
 
 
 def test_overwrite_replaces_exactly_the_filtered_rows(tmp_path, ray_session):

@@ -27,7 +27,6 @@ from pyiceberg.transforms import DayTransform
 from pyiceberg.io.pyarrow import pyarrow_to_schema
 from pyiceberg.table.name_mapping import MappedField, NameMapping
 from ray.data import SaveMode
-from ray.data.dataset import MaterializedDataset
 from ray.data._internal.datasource.iceberg_datasink import IcebergDatasink  # ray is pinned (constraints.txt)
 
 from pipelines import faults, ray_runtime
@@ -125,11 +124,7 @@ class _CheckedIcebergSink(IcebergDatasink):
         self._run_id = run_id
 
     def on_write_start(self, schema: Any = None) -> None:
-        # `Lake.ensure` has shaped the table already. The schema Ray hands over is its first *input*
-        # bundle's, which for a fused read->map stage is the reader's (Ray 2.60: `read_parquet` leaks its
-        # internal `__file_chunk_metadata` column into the table; a `from_items` file list would add its
-        # own columns), so it is not used; the blocks' own schemas are still reconciled at the commit.
-        super().on_write_start(None)
+        super().on_write_start(schema)
         snapshot = self._table.current_snapshot()
         self._base_snapshot = snapshot.snapshot_id if snapshot else None
 
@@ -235,23 +230,21 @@ class Lake:
     ) -> Optional[int]:
         """Append `ds` (or, with `overwrite_filter`, replace the matching rows by it) in one commit.
 
-        Returns the new snapshot id (the current one when an append had no rows). A materialized dataset
-        is written as it is; any other streams from its source into the data files, its blocks never all
-        in the object store at once (an ingest of 10M rows held 5 GB there when it was materialized first).
+        Returns the new snapshot id. The dataset is materialized first: Ray 2.60's Iceberg sink takes the
+        schema from the first *input* bundle of a fused read->map stage, so a dataset read by
+        `read_parquet` leaks its internal `__file_chunk_metadata` column into the table schema and
+        fails ("Null type ... not supported"). Materializing hands the sink the blocks we produced.
         """
         self.ensure(spec)
-        if isinstance(ds, MaterializedDataset):
-            rows = ds.count()
-            if overwrite_filter is None and rows == 0:
-                return self.current_snapshot_id(spec.identifier)
-            coalesce = ds.num_blocks() > max(1, -(-rows // ROWS_PER_FILE))
-        else:
-            coalesce = True  # the block count is not known before the stream runs
+        ds = ds.materialize()
+        rows = ds.count()
+        if overwrite_filter is None and rows == 0:
+            return self.current_snapshot_id(spec.identifier)
         # One data file per block (per partition value): small blocks are concatenated into batches of up
         # to ROWS_PER_FILE rows inside the write tasks (a map fused with the write), so a run writes files
         # of that size instead of one tiny file per source file or shuffle partition. (`repartition` did
         # the same as a separate pass through the object store: 24 s of a 10M-row silver write.)
-        if coalesce:
+        if ds.num_blocks() > max(1, -(-rows // ROWS_PER_FILE)):
             ds = ds.map_batches(_as_is, batch_size=ROWS_PER_FILE, batch_format="pyarrow")
         # ds.write_iceberg, with our commit step (retries, crash points): the same sink it builds
         ds.write_datasink(_CheckedIcebergSink(
@@ -297,11 +290,6 @@ class Lake:
         if snapshot is None or snapshot.summary is None:
             return 0
         return int(snapshot.summary.additional_properties.get("total-records", 0))
-
-    def added_records(self, identifier: str, snapshot_id: int) -> int:
-        """Rows the snapshot's commit added (from its summary: no data read)."""
-        summary = self.table(identifier).snapshot_by_id(snapshot_id).summary
-        return int(summary.additional_properties.get("added-records", 0)) if summary else 0
 
     def snapshot_properties(self, identifier: str) -> List[Dict[str, str]]:
         """Summaries of the snapshots in the current snapshot's history, oldest first. Snapshots that a

@@ -129,16 +129,11 @@ def _ingest_files(ctx: RunContext, file_plan: FilePlan) -> BronzeResult:
         return BronzeResult(0, [])
     if file_plan.new_columns:
         log.warning("bronze evolved", table=spec.identifier, added_columns=file_plan.new_columns)
-    # streamed: each file is parsed by a Ray task and its rows flow on into the data files
     ds = sources.read_files(name, source, good, file_plan.columns_by_file, sources.data_columns(spec.schema),
-                            ctx.cfg.schema_policy.bronze, spec.schema, ctx.run_id, ctx.started_at)
+                            ctx.cfg.schema_policy.bronze, spec.schema, ctx.run_id, ctx.started_at).materialize()
+    rows = ds.count()
     units = [{"uri": f.uri, "sha256": f.sha256, "columns": file_plan.columns_by_file[f.uri]} for f in good]
-    before = ctx.lake.current_snapshot_id(spec.identifier)
     snapshot = ctx.lake.write(ds, spec, ctx.commit_properties(**{INGESTED_UNITS: units, "source": name}))
-    if snapshot == before:  # the files held no rows (a CSV header alone): no commit, nothing recorded
-        log.info("bronze unchanged: the new files hold no rows", source=name, files=len(good))
-        return BronzeResult(0, [])
-    rows = ctx.lake.added_records(spec.identifier, snapshot)
     ctx.wrote(spec.identifier, snapshot)
     log.info("bronze written", source=name, table=spec.identifier, rows=rows, files=len(good))
     return BronzeResult(rows, [f.uri for f in good])
