@@ -14,7 +14,7 @@ import ray
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipelines.stages.silver import _split_and_deduplicate, silver_transactions_spec
+from pipelines.stages.silver import _encode_repeated, _split_and_deduplicate, silver_transactions_spec
 
 KEYS = ["tx_id", "_run_id", "_source_file", "_row_hash"]
 CHECKED = pa.schema([pa.field(name, pa.string()) for name in
@@ -50,9 +50,11 @@ row = st.tuples(st.sampled_from(["t1", "t2", "t3", "t4", "t5", "t6"]), st.sample
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=st.lists(row, min_size=1, max_size=30), blocks=st.integers(1, 4),
-       existing=st.sets(st.sampled_from(["t1", "t2", "t3", "t9"]), max_size=3), driver=st.booleans())
-def test_split_and_dedup_equal_a_pandas_reading_of_the_rules(ray_session, rows, blocks, existing, driver):
-    check_against_reference(rows, blocks, existing, driver)
+       existing=st.sets(st.sampled_from(["t1", "t2", "t3", "t9"]), max_size=3), driver=st.booleans(),
+       encoded=st.booleans())
+def test_split_and_dedup_equal_a_pandas_reading_of_the_rules(ray_session, rows, blocks, existing, driver, encoded):
+    # encoded: the per-file columns dictionary-encoded, as silver's annotate pass hands them over
+    check_against_reference(rows, blocks, existing, driver, encoded)
 
 
 def test_rows_settled_on_the_driver_are_kept_when_held_ids_empty_a_block(ray_session):
@@ -70,9 +72,25 @@ def test_rows_settled_on_the_driver_are_kept_when_held_ids_empty_a_block(ray_ses
     assert sorted(got.silver.to_pandas()["tx_id"]) == ["t4", "t5", "t6"]
 
 
-def check_against_reference(rows, blocks, existing, driver):
+def test_encoded_per_file_columns_leave_quarantine_and_silver_as_plain_text(ray_session):
+    def at(tx_id, run, failed):
+        return {"tx_id": tx_id, "_run_id": run, "_source_file": f"{run}.csv", "_row_hash": f"h-{tx_id}-{run}",
+                "ts": "2026-01-02T10:00:00Z", "_failed_rules": failed, "channel": "web", "user_id": "7",
+                "merchant_id": "9", "amount": "3.50", "currency": "EUR", "_malformed_line": None}
+
+    rows = [at("t1", "r1", None), at("t1", "r2", None), at("t2", "r1", "amount_valid"), at("t3", "r2", None)]
+    for driver in (False, True):
+        got = check_against_reference(rows, 2, set(), driver, encoded=True)
+        for part in (got.bad, got.silver):
+            schema = part.schema()
+            assert [kind for name, kind in zip(schema.names, schema.types) if name in KEYS] == [pa.string()] * 4
+
+
+def check_against_reference(rows, blocks, existing, driver, encoded=False):
     frame = pd.DataFrame(rows, columns=CHECKED.names)
     table = pa.Table.from_pandas(frame, schema=CHECKED, preserve_index=False)
+    if encoded:
+        table = _encode_repeated(table)
     size = -(-len(frame) // blocks)
     checked = ray.data.from_arrow([table.slice(i, size) for i in range(0, len(frame), size)]).materialize()
     ctx = SimpleNamespace(cfg=SimpleNamespace(ray=SimpleNamespace(local_max_rows=10**6 if driver else 0)))
