@@ -3,6 +3,8 @@ a usable file reports its columns for the schema policies to judge."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pipelines.config import SourceConfig
 from pipelines.io.sources import check_file, list_files
 
@@ -46,3 +48,44 @@ def test_names_schema_evolution_could_not_take(tmp_path):
     assert checked(tmp_path, "a.csv", b"tx_id,amount,\nt1,1,x\n")[0] == "empty column name at position 3"
     assert checked(tmp_path, "b.csv", b"tx_id,amount,_run_id\nt1,1,x\n")[0] == \
         "column name(s) ['_run_id'] are reserved for ingest metadata"
+
+
+EMPTY_QUERY_RUN = """
+import datetime as dt, json, sys
+from pathlib import Path
+import ray
+from pipelines import logs, ray_runtime
+from pipelines.config import load_config
+from pipelines.context import RunContext
+from pipelines.io.lake import Lake
+from pipelines.stages import bronze
+
+cfg = load_config(sys.argv[1:])
+logs.configure(Path(cfg.data_dir) / "logs" / "r1.jsonl")
+ray_runtime.start_when_needed(cfg.ray)
+lake = Lake(cfg.catalog)
+ctx = RunContext(cfg, lake, "r1", dt.datetime.now(dt.timezone.utc), "test", "test")
+source = cfg.sources["users"]
+result = bronze.ingest(ctx, "users", source, bronze.plan(ctx, "users", source))
+print(json.dumps({"rows": result.rows, "units": result.units, "ray_started": ray.is_initialized(),
+                  "snapshot": lake.current_snapshot_id("bronze.users")}))
+"""
+
+
+def test_an_empty_query_result_commits_nothing_and_starts_no_ray(tmp_path):
+    import json
+    import sqlite3
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    with sqlite3.connect(tmp_path / "app.db") as db:
+        db.execute("CREATE TABLE users (user_id INTEGER, email TEXT, full_name TEXT, phone TEXT, birth_date TEXT, "
+                   "country TEXT, signup_ts TEXT)")
+    out = subprocess.run([sys.executable, "-c", EMPTY_QUERY_RUN, f"data_dir={tmp_path}",
+                          f"sources.users.uri=sqlite:///{tmp_path / 'app.db'}"],
+                         capture_output=True, text=True, cwd=root, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"rows": 0, "units": [], "ray_started": False,
+                                                               "snapshot": None}
+    assert '"event": "query returned no rows, nothing to ingest"' in out.stderr

@@ -174,6 +174,9 @@ def _ingest_query(ctx: RunContext, name: str, source: SourceConfig, spec: TableS
     if not source.watermark_column and (unit_uri, sha) in _already_ingested(ctx, spec):
         log.info("query result unchanged, nothing to ingest", source=name)
         return BronzeResult(0, [])
+    if rows.num_rows == 0:  # nothing to write, so nothing is committed (nor recorded) and Ray is not needed
+        log.info("query returned no rows, nothing to ingest", source=name)
+        return BronzeResult(0, [])
     table = sources.with_metadata(rows, columns, name, unit_uri, sha, ctx.run_id, ctx.started_at, spec.schema)
     ray_runtime.ensure()
     snapshot = ctx.lake.write(ray.data.from_arrow(table), spec, ctx.commit_properties(
