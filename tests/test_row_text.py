@@ -61,13 +61,6 @@ def test_pandas_nul_byte_quirk_is_kept():
     assert row_hash.row_hashes(null_first, ["a"])[0] != row_hash.row_hashes(empty_first, ["a"])[0]
 
 
-def test_frame_row_hashes_equal_arrow_row_hashes():
-    frame = pd.DataFrame({"a": ["1", None, "3"], "b": [None, None, "z"]}, index=[7, 8, 9])
-    hashed = sources.row_hashes(frame, ["a", "b"])
-    assert list(hashed.index) == [7, 8, 9]
-    assert list(hashed) == reference_row_hashes(pa.Table.from_pandas(frame, preserve_index=False), ["a", "b"])
-
-
 instants = st.datetimes(min_value=dt.datetime(1, 1, 1), max_value=dt.datetime(9999, 12, 31, 23, 59, 59, 999999))
 
 

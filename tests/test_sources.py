@@ -89,3 +89,44 @@ def test_an_empty_query_result_commits_nothing_and_starts_no_ray(tmp_path):
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"rows": 0, "units": [], "ray_started": False,
                                                                "snapshot": None}
     assert '"event": "query returned no rows, nothing to ingest"' in out.stderr
+
+
+def _sql_source(db, query: str, columns) -> SourceConfig:
+    return SourceConfig(kind="sql", dataset="users", uri=f"sqlite:///{db}", query=query, columns=list(columns))
+
+
+def test_a_query_column_of_mixed_types_is_read_as_text_value_by_value(tmp_path):
+    import sqlite3
+
+    from pipelines.io.sources import read_query
+
+    with sqlite3.connect(tmp_path / "app.db") as db:  # SQLite keeps each value's own type
+        db.execute("CREATE TABLE users (user_id INTEGER, phone)")
+        db.executemany("INSERT INTO users VALUES (?, ?)", [(1, 441234), (2, "+44 1234"), (3, None), (4, 2.5)])
+    got = read_query("users", _sql_source(tmp_path / "app.db", "SELECT user_id, phone FROM users ORDER BY user_id",
+                                          ["user_id", "phone", "country"]))
+    assert got.to_pydict() == {"user_id": ["1", "2", "3", "4"], "phone": ["441234", "+44 1234", None, "2.5"],
+                               "country": [None, None, None, None]}
+
+
+def test_a_query_value_arrow_cannot_hold_is_a_one_line_error(tmp_path):
+    import sqlite3
+
+    import pytest
+
+    from pipelines.errors import SourceError
+    from pipelines.io.sources import read_query
+
+    with sqlite3.connect(tmp_path / "app.db") as db:
+        db.execute("CREATE TABLE users (user_id INTEGER)")
+        db.execute("INSERT INTO users VALUES (?)", (2**63 - 1,))
+        db.execute("INSERT INTO users VALUES (?)", (-(2**63),))
+    source = _sql_source(tmp_path / "app.db", "SELECT user_id FROM users", ["user_id"])
+    assert read_query("users", source).column("user_id").to_pylist() == [str(2**63 - 1), str(-(2**63))]
+    with sqlite3.connect(tmp_path / "app.db") as db:
+        db.execute("CREATE TABLE blobs (user_id)")
+        db.execute("INSERT INTO blobs VALUES (?)", (b"\xff\xfe",))
+    with pytest.raises(SourceError) as failure:
+        read_query("users", _sql_source(tmp_path / "app.db", "SELECT user_id FROM blobs", ["user_id"]))
+    assert str(failure.value).startswith("source 'users': column 'user_id' of the query result cannot be read as text:")
+    assert "\n" not in str(failure.value)

@@ -36,7 +36,6 @@ def test_blocks_of_a_dropped_dataset_are_released_at_the_stage_end(ray_session):
             rows = _materialize_and_drop()
         assert rows == 10_000
         assert _held_refs() == before
-        assert ctx.durations["work"] >= 0
     finally:
         if enabled:
             gc.enable()

@@ -139,12 +139,6 @@ def check_file(source_path: str, file: SourceFile) -> Tuple[Optional[str], List[
     return None, names
 
 
-def row_hashes(frame: pd.DataFrame, columns: List[str]) -> pd.Series:
-    """Bronze's `_row_hash` of each row of a frame (its values as text; see `row_hash`)."""
-    text = pa.table({c: pa.array(frame[c].astype("string"), pa.string(), from_pandas=True) for c in columns})
-    return pd.Series(row_hash.row_hashes(text, columns).to_numpy(zero_copy_only=False), index=frame.index)
-
-
 def _as_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
     if pa.types.is_timestamp(column.type):
         # ISO-8601 with microseconds and an explicit UTC designator: what silver parses back
@@ -310,10 +304,13 @@ def probe_query(name: str, source: SourceConfig) -> None:
         with engine.connect() as conn:
             conn.exec_driver_sql(f"SELECT * FROM ({source.query}) AS probe LIMIT 0")
     except Exception as exc:
-        first = str(exc).splitlines()[0]
-        raise SourceError(f"source {name!r}: query failed on {redact_uri(uri)}: {first}") from None
+        raise _query_failed(name, uri, exc) from None
     finally:
         engine.dispose()
+
+
+def _query_failed(name: str, uri: str, exc: Exception) -> SourceError:
+    return SourceError(f"source {name!r}: query failed on {redact_uri(uri)}: {str(exc).splitlines()[0]}")
 
 
 def read_query(name: str, source: SourceConfig, since: Optional[str] = None) -> pa.Table:
@@ -338,10 +335,32 @@ def read_query(name: str, source: SourceConfig, since: Optional[str] = None) -> 
         finally:
             connection.close()
     except Exception as exc:
-        first = str(exc).splitlines()[0]
-        raise SourceError(f"source {name!r}: query failed on {redact_uri(uri)}: {first}") from None
+        raise _query_failed(name, uri, exc) from None
     finally:
         engine.dispose()
-    read = pa.Table.from_pydict({column: [row[i] for row in rows] for i, column in enumerate(names)})
-    return pa.table({c: _as_text(read.column(c)) if c in read.column_names else pa.nulls(read.num_rows, pa.string())
-                     for c in source.columns})
+    values = {column: [row[i] for row in rows] for i, column in enumerate(names)}
+    text = {}
+    for column in source.columns:
+        try:
+            text[column] = _text_of(values[column]) if column in values else pa.nulls(len(rows), pa.string())
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+            raise SourceError(f"source {name!r}: column {column!r} of the query result cannot be read as text: "
+                              f"{str(exc).splitlines()[0]}") from None
+    return pa.table(text)
+
+
+def _text_of(values: list) -> pa.ChunkedArray:
+    """One result column as text. Arrow infers the column's type from all its values, as Ray's SQL reader
+    did; a column holding values of several types (SQLite allows it) is converted one type at a time."""
+    try:
+        return _as_text(pa.chunked_array([pa.array(values)]))
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    objects = np.empty(len(values), dtype=object)
+    objects[:] = values
+    kinds = np.array([type(value).__name__ for value in values], dtype=object)
+    text = np.full(len(values), None, dtype=object)
+    for kind in np.unique(kinds):
+        at = kinds == kind
+        text[at] = _as_text(pa.chunked_array([pa.array(objects[at].tolist())])).to_numpy(zero_copy_only=False)
+    return pa.chunked_array([pa.array(text, pa.string())])

@@ -159,10 +159,12 @@ def _ingest_query(ctx: RunContext, name: str, source: SourceConfig, spec: TableS
     if source.watermark_column:
         # rows re-read inside the lag that bronze already holds are not appended again
         as_bronze = row_hash.row_hashes(rows, columns + ["_malformed_line"])
-        held = ctx.lake.read_arrow(spec.identifier, And(EqualTo("_source", name),
-                                                        In("_row_hash", as_bronze.to_pylist())),
-                                   ["_row_hash"]).column("_row_hash") if rows.num_rows else pa.array([], pa.string())
-        rows = rows.filter(pc.invert(pc.is_in(as_bronze, value_set=pa.array(held.to_pylist(), pa.string()))))
+        held = pa.array([], pa.string())
+        if rows.num_rows:
+            same_rows = And(EqualTo("_source", name), In("_row_hash", as_bronze.to_pylist()))
+            held = ctx.lake.read_arrow(spec.identifier, same_rows, ["_row_hash"]).column("_row_hash")
+            held = held.combine_chunks().cast(pa.string())
+        rows = rows.filter(pc.invert(pc.is_in(as_bronze, value_set=held)))
         if rows.num_rows == 0:
             log.info("no rows past the watermark", source=name, watermark=last, read_since=since)
             return BronzeResult(0, [])
