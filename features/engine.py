@@ -10,6 +10,9 @@ each window is then slid over the tiles as whole-array numpy operations:
 - count_distinct: exact. For each (entity, value) the days it occurs on each cover a range of as-of days;
   ranges are truncated at the next occurrence so they never overlap, then counted with a difference array.
 
+The kinds are those of `features.aggregations`; `IMPLEMENTATIONS` maps each to its function here, and a
+kind without one is refused by name.
+
 Determinism: events are sorted by (entity, timestamp, value columns) before any floating-point
 reduction, so results do not depend on how rows were split into blocks or tasks. Decimal columns arrive as
 scaled integers (`scales`) so sums are exact.
@@ -22,12 +25,14 @@ is day `lo + c`. An as-of day `a` with index `j = a - first_as_of` sees window N
 from __future__ import annotations
 
 import datetime as dt
-from typing import Dict, List, Mapping, Optional, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from features.aggregations import KINDS
 from features.declarations import FeatureSet, WindowAggregation
 
 EPOCH = dt.date(1970, 1, 1)
@@ -141,76 +146,123 @@ class _Grid:
         return np.nonzero(present)
 
 
+@dataclass(frozen=True)
+class _Selected:
+    """The events one aggregation reads: those passing its filter (and with a value in its column)."""
+
+    flat: np.ndarray  # grid cell of each selected event
+    mask: np.ndarray  # which events of the grid are selected
+    column: Optional[pd.Series]  # the aggregated column over all the grid's events; None without one
+
+    def numbers(self) -> np.ndarray:
+        return self.column.to_numpy(np.float64)[self.mask]  # type: ignore[union-attr]
+
+
+def _count(grid: _Grid, sel: _Selected, windows: Tuple[int, ...], unit: float) -> Dict[int, np.ndarray]:
+    counts = grid.daily(sel.flat)
+    return {n: grid.window_sum(counts, n) for n in windows}
+
+
+def _sum(grid: _Grid, sel: _Selected, windows: Tuple[int, ...], unit: float) -> Dict[int, np.ndarray]:
+    sums = grid.daily(sel.flat, sel.numbers())
+    return {n: grid.window_sum(sums, n) / unit for n in windows}
+
+
+def _mean(grid: _Grid, sel: _Selected, windows: Tuple[int, ...], unit: float) -> Dict[int, np.ndarray]:
+    counts, sums = _count(grid, sel, windows, unit), _sum(grid, sel, windows, unit)
+    return {n: np.where(counts[n] > 0, sums[n] / np.where(counts[n] > 0, counts[n], 1), np.nan) for n in windows}
+
+
+def _rolling(how: str):
+    """min or max: the daily partials, then a rolling min/max over the day axis."""
+
+    def aggregate(grid: _Grid, sel: _Selected, windows: Tuple[int, ...], unit: float) -> Dict[int, np.ndarray]:
+        partial = getattr(pd.Series(sel.numbers()).groupby(sel.flat), how)()
+        daily = np.full(grid.E * grid.G, np.nan)
+        daily[partial.index.to_numpy()] = partial.to_numpy()
+        by_day = pd.DataFrame(daily.reshape(grid.E, grid.G).T)  # days x entities
+        return {n: getattr(by_day.rolling(n, min_periods=1), how)().to_numpy().T[:, grid.window_end_cols()] / unit
+                for n in windows}
+
+    return aggregate
+
+
+def _last_day(grid: _Grid, sel: _Selected) -> np.ndarray:
+    """Per (entity, as-of): the grid column of the last day with a selected event up to the window's end."""
+    has = np.zeros(grid.E * grid.G, dtype=bool)
+    has[sel.flat] = True
+    day_index = np.where(has.reshape(grid.E, grid.G), np.arange(grid.G), -1)
+    return np.maximum.accumulate(day_index, axis=1)[:, grid.window_end_cols()]
+
+
+def _in_window(grid: _Grid, last_col: np.ndarray, n: int) -> np.ndarray:
+    return last_col >= grid.window_end_cols() - n + 1
+
+
+def _days_since_last(grid: _Grid, sel: _Selected, windows: Tuple[int, ...], unit: float) -> Dict[int, np.ndarray]:
+    last_col = _last_day(grid, sel)
+    return {n: np.where(_in_window(grid, last_col, n), np.arange(grid.A) + grid.W - last_col, np.nan)
+            for n in windows}
+
+
+def _last(grid: _Grid, sel: _Selected, windows: Tuple[int, ...], unit: float) -> Dict[int, np.ndarray]:
+    last_col = _last_day(grid, sel)
+    # events are sorted by timestamp, so the last row of a cell is the day's last event
+    last_value = pd.Series(sel.numbers()).groupby(sel.flat).last()
+    values = np.full(grid.E * grid.G, np.nan)
+    values[last_value.index.to_numpy()] = last_value.to_numpy()
+    picked = values.reshape(grid.E, grid.G)[np.arange(grid.E)[:, None], np.clip(last_col, 0, None)]
+    return {n: np.where(_in_window(grid, last_col, n), picked / unit, np.nan) for n in windows}
+
+
+def _count_distinct(grid: _Grid, sel: _Selected, windows: Tuple[int, ...], unit: float) -> Dict[int, np.ndarray]:
+    codes = pd.factorize(sel.column.to_numpy()[sel.mask], sort=True)[0].astype(np.int64)  # type: ignore[union-attr]
+    triples = pd.DataFrame({"e": grid.entity[sel.mask], "v": codes, "c": grid.col[sel.mask]}).drop_duplicates()
+    triples = triples.sort_values(["e", "v", "c"], kind="mergesort")
+    e, v, c = (triples[k].to_numpy() for k in ("e", "v", "c"))
+    same_next = np.r_[(e[1:] == e[:-1]) & (v[1:] == v[:-1]), False]
+    next_c = np.r_[c[1:], 0]
+    out = {}
+    for n in windows:
+        # an event on grid column c is inside as-of j's window iff j in [c - W + 1, c - W + n]
+        start = c - grid.W + 1
+        end = np.where(same_next, np.minimum(c - grid.W + n, next_c - grid.W), c - grid.W + n)
+        start, end = np.clip(start, 0, grid.A), np.clip(end, -1, grid.A - 1)
+        ok = start <= end
+        width = grid.A + 1
+        diff = np.bincount(e[ok] * width + start[ok], minlength=grid.E * width)
+        diff = diff - np.bincount(e[ok] * width + end[ok] + 1, minlength=grid.E * width)
+        out[n] = np.cumsum(diff.reshape(grid.E, width), axis=1)[:, : grid.A].astype(np.float64)
+    return out
+
+
+# The vectorised implementation of each kind of `features.aggregations` (which defines what each means).
+IMPLEMENTATIONS: Dict[str, Callable[[_Grid, _Selected, Tuple[int, ...], float], Dict[int, np.ndarray]]] = {
+    "sum": _sum,
+    "count": _count,
+    "mean": _mean,
+    "min": _rolling("min"),
+    "max": _rolling("max"),
+    "count_distinct": _count_distinct,
+    "last": _last,
+    "days_since_last": _days_since_last,
+}
+
+
 def _aggregate(grid: _Grid, agg: WindowAggregation, scale: int) -> Dict[int, np.ndarray]:
     """One (entity x as-of) array per window of `agg`; NaN where the feature is null."""
+    implementation = IMPLEMENTATIONS.get(agg.agg) if agg.agg in KINDS else None
+    if implementation is None:
+        raise NotImplementedError(f"feature {agg.name!r}: the engine has no implementation of aggregation {agg.agg!r}")
     ev = grid.events
     mask = np.ones(len(ev), dtype=bool)
     if agg.where is not None:
         mask &= (ev[agg.where.column].astype("string") == agg.where.value).fillna(False).to_numpy()
-    if agg.column is not None:
-        mask &= ev[agg.column].notna().to_numpy()
-    flat = grid.cells(mask)
-    unit = float(10**scale)
-    out: Dict[int, np.ndarray] = {}
-    kind = agg.agg
-    if kind in ("sum", "count", "mean"):
-        counts = grid.daily(flat)
-        sums = grid.daily(flat, ev[agg.column].to_numpy(np.float64)[mask]) if agg.column else None
-        for n in agg.window_days():
-            count = grid.window_sum(counts, n)
-            if kind == "count":
-                out[n] = count
-            else:
-                total = grid.window_sum(sums, n) / unit
-                out[n] = total if kind == "sum" else np.where(count > 0, total / np.where(count > 0, count, 1), np.nan)
-    elif kind in ("min", "max"):
-        partial = pd.Series(ev[agg.column].to_numpy(np.float64)[mask]).groupby(flat)
-        partial = partial.min() if kind == "min" else partial.max()
-        daily = np.full(grid.E * grid.G, np.nan)
-        daily[partial.index.to_numpy()] = partial.to_numpy()
-        by_day = pd.DataFrame(daily.reshape(grid.E, grid.G).T)  # days x entities
-        for n in agg.window_days():
-            rolled = by_day.rolling(n, min_periods=1)
-            rolled = rolled.min() if kind == "min" else rolled.max()
-            out[n] = rolled.to_numpy().T[:, grid.window_end_cols()] / unit
-    elif kind in ("last", "days_since_last"):
-        has = np.zeros(grid.E * grid.G, dtype=bool)
-        has[flat] = True
-        day_index = np.where(has.reshape(grid.E, grid.G), np.arange(grid.G), -1)
-        last_col = np.maximum.accumulate(day_index, axis=1)[:, grid.window_end_cols()]
-        if kind == "last":
-            # events are sorted by timestamp, so the last row of a cell is the day's last event
-            last_value = pd.Series(ev[agg.column].to_numpy(np.float64)[mask]).groupby(flat).last()
-            values = np.full(grid.E * grid.G, np.nan)
-            values[last_value.index.to_numpy()] = last_value.to_numpy()
-            values = values.reshape(grid.E, grid.G)
-        for n in agg.window_days():
-            valid = last_col >= grid.window_end_cols() - n + 1
-            if kind == "days_since_last":
-                out[n] = np.where(valid, np.arange(grid.A) + grid.W - last_col, np.nan)
-            else:
-                picked = values[np.arange(grid.E)[:, None], np.clip(last_col, 0, None)]
-                out[n] = np.where(valid, picked / unit, np.nan)
-    elif kind == "count_distinct":
-        codes = pd.factorize(ev[agg.column].to_numpy()[mask], sort=True)[0].astype(np.int64)
-        triples = pd.DataFrame({"e": grid.entity[mask], "v": codes, "c": grid.col[mask]}).drop_duplicates()
-        triples = triples.sort_values(["e", "v", "c"], kind="mergesort")
-        e, v, c = (triples[k].to_numpy() for k in ("e", "v", "c"))
-        same_next = np.r_[(e[1:] == e[:-1]) & (v[1:] == v[:-1]), False]
-        next_c = np.r_[c[1:], 0]
-        for n in agg.window_days():
-            # an event on grid column c is inside as-of j's window iff j in [c - W + 1, c - W + n]
-            start = c - grid.W + 1
-            end = np.where(same_next, np.minimum(c - grid.W + n, next_c - grid.W), c - grid.W + n)
-            start, end = np.clip(start, 0, grid.A), np.clip(end, -1, grid.A - 1)
-            ok = start <= end
-            width = grid.A + 1
-            diff = np.bincount(e[ok] * width + start[ok], minlength=grid.E * width)
-            diff = diff - np.bincount(e[ok] * width + end[ok] + 1, minlength=grid.E * width)
-            out[n] = np.cumsum(diff.reshape(grid.E, width), axis=1)[:, : grid.A].astype(np.float64)
-    else:  # pragma: no cover - rejected by declarations.validate
-        raise ValueError(f"unknown aggregation {kind!r}")
-    return out
+    column = ev[agg.column] if agg.column is not None else None
+    if column is not None:
+        mask &= column.notna().to_numpy()
+    selected = _Selected(grid.cells(mask), mask, column)
+    return implementation(grid, selected, agg.window_days(), float(10**scale))
 
 
 def _typed(values, dtype: str) -> pd.Series:

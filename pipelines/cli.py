@@ -11,51 +11,77 @@ from features.declarations import FeatureDeclarationError
 from pipelines.errors import PipelineError
 
 HELP = """\
-Ray-based feature pipeline: sources -> Iceberg bronze/silver/gold -> Feast, tracked in MLflow.
+Ray-based feature pipeline: your datasets -> Iceberg bronze/silver/gold -> Feast, tracked in MLflow.
 
 commands:
-  run          run the pipeline (ingest, refine, build, publish, track); last stdout line is a JSON summary
-  sample-data  write the deterministic sample data set (users in SQLite, daily CSV/Parquet transactions)
+  run          run the pipeline (ingest, refine, build, quality gate, publish, track); the last stdout line
+               is a JSON summary
+  backfill     the same steps over event days [backfill.start, backfill.end): re-refine and rebuild them
+               with today's rules and features; chunked: medallion backfill -m backfill.month=2026-01,2026-02
+  init DIR     write a minimal project to start from (one dataset, one feature set, a few rows of data)
   config       print the resolved configuration
-  backfill     rebuild silver and gold for event days [backfill.start, backfill.end) and republish;
-               chunked: medallion backfill -m backfill.month=2026-01,2026-02 (one job per month)
   maintain     apply retention, expire old snapshots, delete unreferenced files; prints what it removed
-  erase        remove one entity everywhere (GDPR erasure): medallion erase --key user_id=42 [overrides]
+  erase        remove one entity everywhere (GDPR erasure): medallion erase --key <join key>=<value>
+  sample-data  write the shipped sample project's data (the default project)
+
+a project (--project DIR, or $MEDALLION_PROJECT; default: the shipped sample, examples/sample):
+  DIR/conf/dataset/<name>.yaml    one declaration per dataset: source, columns, key, event time, rules
+  DIR/conf/project.yaml           the project's settings (any key below)
+  DIR/features/<set>.py           feature sets: FEATURE_SET = FeatureSet(...)
 
 overrides (Hydra syntax, any number, after the command):
-  data_dir=PATH                   where the local profile keeps everything (default ./data)
-  features=user_spend_daily       which feature sets to build (conf/features/*.yaml)
-  features.sets=[user_spend_daily,merchant_activity]
-  cutoff=2026-05-01T00:00:00Z     the run's logical end; later events are quarantined
-  sample.n_transactions=10000     sample data size (also n_users, days, seed, ...)
+  data_dir=PATH                   where the local profile keeps everything (default: DIR/data)
+  cutoff=2026-05-01T00:00:00Z     the run's logical end; later events are quarantined (required in prod)
+  features.sets=[a,b]             which feature sets to build (default: every one of the project)
+  features=NAME                   ... or a selection kept in the project's conf/features/NAME.yaml
+  datasets.<name>.path=PATH       any setting of a dataset's declaration
+  profile=prod                    Ray cluster, PostgreSQL catalog, object storage, Redis, MLflow server
   ray.address=ray://head:10001    join an existing Ray cluster instead of starting one
 
+exit codes: 0 done; 2 bad configuration, input or state (one line on stderr); 3 quality gate failed
+(nothing published); 4 another run holds the catalog.
+
 examples:
-  medallion sample-data data_dir=/tmp/demo
-  medallion run data_dir=/tmp/demo
-  medallion config catalog=sqlite
+  medallion init ~/my-features && medallion run --project ~/my-features
+  medallion run --project ~/my-features cutoff=2026-05-01 datasets.readings.path=/landing/readings
+  medallion sample-data data_dir=/tmp/demo && medallion run data_dir=/tmp/demo
 """
+
+COMMANDS = ["run", "backfill", "init", "config", "maintain", "erase", "sample-data"]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="medallion", description=HELP,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["run", "sample-data", "config", "maintain", "erase", "backfill"],
-                        help=argparse.SUPPRESS)
+    parser.add_argument("command", choices=COMMANDS, help=argparse.SUPPRESS)
     parser.add_argument("-m", "--multirun", action="store_true",
                         help="Hydra multirun: one job per combination of comma-separated override values, in order")
+    parser.add_argument("--project", help="the project directory (default: $MEDALLION_PROJECT, else the sample)")
     parser.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
-    parser.add_argument("--key", help="erase: the entity to remove, as <join key>=<value>, e.g. user_id=42")
+    parser.add_argument("--key", help="erase: the entity to remove, as <join key>=<value>")
     args = parser.parse_intermixed_args(argv)
     if args.command == "erase" and (not args.key or "=" not in args.key):
-        parser.error("erase needs --key <join key>=<value>, e.g. --key user_id=42")
+        parser.error("erase needs --key <join key>=<value>")
     try:
+        if args.command == "init":
+            return _init(args.overrides)
         for overrides in _jobs(args.overrides, args.multirun):
             _command(args, overrides)
         return 0
     except (PipelineError, FeatureDeclarationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)  # 3: a quality gate stopped the run; 4: locked; 2: anything else
+
+
+def _init(arguments: List[str]) -> int:
+    from pipelines.errors import ConfigError
+    from pipelines.project_template import write_project
+
+    if len(arguments) != 1:
+        raise ConfigError("init needs one directory: medallion init DIR")
+    written = write_project(arguments[0])
+    print(json.dumps({"project": str(written), "next": f"medallion run --project {written}"}))
+    return 0
 
 
 def _jobs(overrides: List[str], multirun: bool) -> List[List[str]]:
@@ -78,16 +104,21 @@ def _jobs(overrides: List[str], multirun: bool) -> List[List[str]]:
 def _command(args: argparse.Namespace, overrides: List[str]) -> None:
     from pipelines.config import load_config, resolved_dict
 
-    cfg = load_config(overrides)
+    cfg = load_config(overrides, args.project)
     if args.command == "config":
         print(json.dumps(resolved_dict(cfg), indent=2))
     elif args.command == "sample-data":
-        from pipelines.sample_data import generate
+        from pipelines.errors import ConfigError
+
+        if cfg.sample is None:
+            raise ConfigError(f"config error: project {cfg.project} has no sample data (no `sample:` settings); "
+                              "sample-data writes the shipped sample project's data")
+        from examples.sample.generate import generate
 
         summary = generate(cfg.sample)
-        print(json.dumps({"output_dir": cfg.sample.output_dir, "users": summary["users"],
-                          "transactions": summary["transactions"], "files": len(summary["files"]),
-                          "planted_dirty_rows": len(summary["planted"])}))
+        print(json.dumps({"output_dir": cfg.sample.output_dir, "files": len(summary["files"]),
+                          "planted_dirty_rows": len(summary["planted"]),
+                          **{k: v for k, v in summary.items() if isinstance(v, int)}}))
     elif args.command in ("maintain", "erase"):
         from pipelines.run import maintain
 
@@ -95,8 +126,8 @@ def _command(args: argparse.Namespace, overrides: List[str]) -> None:
         print(json.dumps(maintain(cfg, erase=(join_key, value) if args.command == "erase" else None),
                          default=str), flush=True)
     elif args.command == "backfill":
-        from pipelines.backfill import backfill
         from pipelines.errors import ConfigError
+        from pipelines.run import backfill
 
         if not (cfg.backfill.month or cfg.backfill.start):
             raise ConfigError("config error: backfill needs backfill.start=YYYY-MM-DD backfill.end=YYYY-MM-DD "

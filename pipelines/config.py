@@ -22,28 +22,145 @@ from omegaconf.errors import OmegaConfBaseException
 from pipelines.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# The project a run uses when none is named (`--project` or MEDALLION_PROJECT): the shipped sample.
+SAMPLE_PROJECT = CONF_DIR.parent / "examples" / "sample"
+PROJECT_ENV = "MEDALLION_PROJECT"
 SOURCE_KINDS = ("files", "sql")
 FILE_FORMATS = ("csv", "parquet")
 
 
 @dataclass
-class SourceConfig:
-    """One source feeding one bronze table (`bronze.<dataset>`)."""
+class RangeRule:
+    """Bounds of a column's parsed values (inclusive unless `*_exclusive`)."""
 
+    min: Optional[float] = None
+    max: Optional[float] = None
+    min_exclusive: bool = False
+    max_exclusive: bool = False
+
+
+@dataclass
+class ColumnConfig:
+    """One source column of a dataset: its logical type and its row rules (validation/contract.py).
+
+    Each rule quarantines under a name, `<column>_<rule>` unless `rule_names` renames it:
+    present (required), parseable (the type), known (references), in_range, allowed, pattern, decimals,
+    not_after_cutoff. A column that is not `required` accepts a missing value (null, blank or a null token).
+    """
+
+    type: str = "string"  # string | integer | float | boolean | date | timestamp | decimal(p,s)
+    required: bool = False
+    naive: str = "utc"  # timestamp values without a zone: read as utc, or reject (fail parseable)
+    range: Optional[RangeRule] = None
+    allowed: Optional[List[str]] = None  # exact text values (inline, or ${...} from config)
+    pattern: Optional[str] = None  # a regular expression the whole value must match (RE2)
+    max_decimals: Optional[int] = None  # digits after the decimal point, as the source wrote the value
+    not_after_cutoff: bool = False  # timestamp: before the run's cutoff (its logical end, exclusive)
+    references: Optional[str] = None  # <dataset>.<column>: the value must be a key of that dataset's silver
+    rule_names: Dict[str, str] = field(default_factory=dict)  # rule -> the name quarantine records
+
+
+@dataclass
+class CustomCheck:
+    """A check the rule vocabulary cannot say: `function` ("module:name", importable from the project
+    directory) takes the typed rows (pandas) and returns a boolean Series, True where a row passes."""
+
+    name: str = MISSING
+    function: str = MISSING
+
+
+@dataclass
+class CompletenessConfig:
+    """Share of non-empty values of each declared column among the rows a run refines."""
+
+    threshold: float = 0.95  # each dataset may set its own per column (datasets.<name>.quality.completeness)
+    severity: str = "fail"
+
+
+@dataclass
+class RangeConfig:
+    """Values of a silver column outside [min, max]: at most `max_outside_fraction` of a run's rows."""
+
+    min: Optional[float] = None
+    max: Optional[float] = None
+    max_outside_fraction: float = 0.01
+    severity: str = "fail"
+
+
+@dataclass
+class FreshnessConfig:
+    """Latest event time of a dataset against the run's cutoff."""
+
+    max_age_hours: float = 48.0
+    severity: str = "warn"
+
+
+@dataclass
+class DatasetQualityConfig:
+    """The quality gate's checks that are about one dataset (the gate's own settings are in `quality`)."""
+
+    completeness: Dict[str, float] = field(default_factory=dict)  # column -> threshold (default: quality's)
+    ranges: Dict[str, RangeConfig] = field(default_factory=dict)  # column -> band of usual values
+    freshness: Optional[FreshnessConfig] = None  # on the event-time column
+
+
+@dataclass
+class DatasetConfig:
+    """One dataset, declared once: where it comes from, its columns and rules, its key, its event time.
+
+    Tables: bronze.<name> (the source's text), silver.<name> (typed, valid, deduplicated, PII protected),
+    quarantine.<name> (failed rows with the names of the rules they failed). The name is the file's stem
+    in `conf/dataset/`. See README "Bring your own data".
+    """
+
+    name: str = ""  # the file's stem (set when the configuration is loaded)
+    description: str = ""
+    # -- the source
     kind: str = MISSING  # files | sql
-    dataset: str = MISSING  # logical table name: bronze.<dataset>, silver.<dataset>
-    columns: List[str] = MISSING  # the columns the source must deliver, in order
-    key: str = MISSING  # the source key silver deduplicates on
     path: Optional[str] = None  # files: a directory (or object-store prefix) of data files
     formats: List[str] = field(default_factory=lambda: ["csv", "parquet"])
     uri: Optional[str] = None  # sql: SQLAlchemy URI
     query: Optional[str] = None  # sql: the query that reads the table
-    pii: List[str] = field(default_factory=list)  # columns tokenized in silver
     # sql: read incrementally by this column (a timestamp, or ISO-8601 text) instead of the whole result:
     # each run reads rows with watermark_column >= (the last committed watermark - the lag), so rows that
     # arrive late by up to the lag are still picked up; rows already in bronze are not added again.
     watermark_column: Optional[str] = None
     watermark_lag_seconds: float = 0.0
+    null_tokens: List[str] = field(default_factory=list)  # source text meaning "no value", e.g. ["NA"]
+    # -- the contract
+    # in source order; each a ColumnConfig (typed when the configuration is loaded: kept untyped here so
+    # that a column can be added on the command line, `+datasets.<name>.columns.<column>={type: integer}`)
+    columns: Dict[str, Any] = MISSING
+    key: Any = MISSING  # a column or a list of columns: unique in silver
+    # which duplicate of a key wins: first (events: the earliest arrival) or last (state: the newest)
+    keep: Optional[str] = None
+    event_time: Optional[str] = None  # a timestamp column: an events dataset, silver partitioned by its day
+    pii: Dict[str, str] = field(default_factory=dict)  # column -> protection: hmac (keyed token) | drop
+    checks: List[CustomCheck] = field(default_factory=list)
+    quality: DatasetQualityConfig = field(default_factory=DatasetQualityConfig)
+
+    @property
+    def column_names(self) -> List[str]:
+        return list(self.columns)
+
+    @property
+    def key_columns(self) -> List[str]:
+        return [self.key] if isinstance(self.key, str) else list(self.key)
+
+    @property
+    def is_events(self) -> bool:
+        """Events accumulate (append, partitioned by event day); a dataset without an event time is a
+        state (dimension) table: the newest row of each key."""
+        return self.event_time is not None
+
+    @property
+    def winner(self) -> str:
+        return self.keep or ("first" if self.is_events else "last")
+
+    @property
+    def full_copy(self) -> bool:
+        """Each ingest of a SQL source without a watermark is the whole table: the latest copy replaces silver."""
+        return self.kind == "sql" and not self.watermark_column
 
 
 @dataclass
@@ -93,7 +210,7 @@ class RayConfig:
     shuffle_strategy: str = "auto"
     hash_shuffle_from_rows: int = 2_000_000
     # Up to this many valid rows, silver's duplicates are settled on the driver over all valid rows (above
-    # it only the rows whose tx_id occurs twice come to the driver; the tx_ids come at any size). 0: only
+    # it only the rows whose key occurs twice come to the driver; the keys come at any size). 0: only
     # the contested rows, at any size.
     local_max_rows: int = 500_000
     # While silver holds up to this many events, gold's events are read into the driver process and cut
@@ -109,23 +226,6 @@ class RayConfig:
     forward_env: List[str] = field(default_factory=list)
 
 
-@dataclass
-class CompletenessConfig:
-    """Share of non-empty values of each declared column among the rows a run refines."""
-
-    threshold: float = 0.95
-    columns: Dict[str, Dict[str, float]] = field(default_factory=dict)  # dataset -> column -> own threshold
-    severity: str = "fail"
-
-
-@dataclass
-class RangeConfig:
-    """Values of a silver column outside [min, max]: at most `max_outside_fraction` of a run's rows."""
-
-    min: Optional[float] = None
-    max: Optional[float] = None
-    max_outside_fraction: float = 0.01
-    severity: str = "fail"
 
 
 @dataclass
@@ -147,14 +247,6 @@ class DriftConfig:
     severity: str = "fail"
 
 
-@dataclass
-class FreshnessConfig:
-    """Latest event time of a dataset against the run's cutoff."""
-
-    column: str = "ts"
-    max_age_hours: float = 48.0
-    severity: str = "warn"
-
 
 @dataclass
 class AlertsConfig:
@@ -164,14 +256,11 @@ class AlertsConfig:
 
 @dataclass
 class QualityConfig:
-    currencies: List[str] = MISSING
-    channels: List[str] = MISSING
-    max_amount: float = 1_000_000.0
+    """The gate's settings; checks about one dataset are part of its declaration (`datasets.<name>.quality`)."""
+
     completeness: CompletenessConfig = field(default_factory=CompletenessConfig)
-    ranges: Dict[str, Dict[str, RangeConfig]] = field(default_factory=dict)  # dataset -> column -> range
     row_count: RowCountConfig = field(default_factory=RowCountConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
-    freshness: Dict[str, FreshnessConfig] = field(default_factory=dict)  # dataset -> SLA
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
 
@@ -216,31 +305,21 @@ class BackfillConfig:
 
 @dataclass
 class FeaturesConfig:
-    sets: List[str] = MISSING
-
-
-@dataclass
-class SampleConfig:
-    seed: int = 7
-    n_users: int = 2000
-    n_transactions: int = 200_000
-    days: int = 120
-    start_date: str = "2026-01-01"
-    n_merchants: int = 300
-    dirt_fraction: float = 0.01
-    parquet_every: int = 2  # every n-th day is written as Parquet, the others as CSV
-    output_dir: str = MISSING
+    sets: Optional[List[str]] = None  # the feature sets to build; None: every one of the project
 
 
 @dataclass
 class PipelineConfig:
     data_dir: str = MISSING
+    project: str = MISSING  # the project directory: conf/project.yaml, conf/dataset/*.yaml, features/*.py
     profile: str = "local"
-    cutoff: str = MISSING  # the run's logical end (exclusive): events after it are quarantined
+    # The run's logical end (exclusive): events at or after it are quarantined. Required in the prod
+    # profile; in the local profile, when unset, the end of the current UTC day (logged).
+    cutoff: Optional[str] = None
     pii_key_env: str = "PIPELINE_PII_KEY"
     required_env: List[str] = field(default_factory=list)  # credentials a run refuses to start without
     lock_wait_seconds: float = 0.0  # how long a run waits for another holding the catalog (0: fail at once)
-    sources: Dict[str, SourceConfig] = field(default_factory=dict)
+    datasets: Dict[str, DatasetConfig] = field(default_factory=dict)
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     online_store: OnlineStoreConfig = field(default_factory=OnlineStoreConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
@@ -251,11 +330,20 @@ class PipelineConfig:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     backfill: BackfillConfig = field(default_factory=BackfillConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
+    # the settings of a project's sample-data generator (the shipped sample's: examples/sample/generate.py)
+    sample: Optional[Dict[str, Any]] = None
 
     @property
     def cutoff_ts(self) -> dt.datetime:
+        if self.cutoff is None:
+            return default_cutoff()
         return parse_utc(self.cutoff)
+
+
+def default_cutoff() -> dt.datetime:
+    """A local run without a logical date: the end of the current UTC day."""
+    today = dt.datetime.now(dt.timezone.utc).date()
+    return dt.datetime.combine(today + dt.timedelta(days=1), dt.time(), dt.timezone.utc)
 
 
 def parse_utc(text: str) -> dt.datetime:
@@ -274,7 +362,6 @@ def _register() -> None:
         OmegaConf.register_new_resolver("day_after", _day_after)
     store = ConfigStore.instance()
     store.store(name="pipeline_schema", node=PipelineConfig)
-    store.store(group="source", name="source_schema", node=SourceConfig)
     store.store(group="catalog", name="catalog_schema", node=CatalogConfig)
     store.store(group="online_store", name="online_store_schema", node=OnlineStoreConfig)
     store.store(group="registry", name="registry_schema", node=RegistryConfig)
@@ -282,6 +369,7 @@ def _register() -> None:
     store.store(group="ray", name="ray_schema", node=RayConfig)
     store.store(group="quality", name="quality_schema", node=QualityConfig)
     store.store(group="features", name="features_schema", node=FeaturesConfig)
+    store.store(group="dataset", name="dataset_schema", node=DatasetConfig)
 
 
 _register()
@@ -300,23 +388,73 @@ def _one_line(exc: BaseException) -> str:
     return "; ".join(dict.fromkeys(parts)) or type(exc).__name__
 
 
-def load_config(overrides: List[str] | None = None) -> PipelineConfig:
-    """Compose conf/config.yaml with command-line overrides into a validated `PipelineConfig`."""
+def _typed(schema: type, value: Any, where: str) -> Any:
+    """`value` (plain data) as the dataclass `schema`; an unknown key or a wrong type names `where`."""
+    if isinstance(value, schema):
+        return value
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), value or {}))
+    except (OmegaConfBaseException, ValueError) as exc:
+        raise ConfigError(f"config error: {where}: {_one_line(exc)}") from None
+
+
+def project_dir(project: str | Path | None = None) -> Path:
+    """The project a command works on: the one named, else $MEDALLION_PROJECT, else the shipped sample."""
+    chosen = project or os.environ.get(PROJECT_ENV) or SAMPLE_PROJECT
+    path = Path(chosen).expanduser().resolve()
+    if not (path / "conf").is_dir() and not (path / "features").is_dir():
+        raise ConfigError(f"config error: project {path} has neither conf/ nor features/ (`medallion init {path}` "
+                          "writes a project to start from)")
+    return path
+
+
+def _project_node(project: Path) -> Any:
+    """The project's own configuration as one node: every conf/dataset/*.yaml under `datasets.<stem>`,
+    then conf/project.yaml on top. Composed after the tool's defaults, before command-line overrides."""
+    from omegaconf import DictConfig
+
+    datasets = {}
+    for path in sorted((project / "conf" / "dataset").glob("*.yaml")):
+        try:
+            datasets[path.stem] = OmegaConf.load(path)
+        except Exception as exc:
+            raise ConfigError(f"config error: {path}: {_one_line(exc)}") from None
+        if not isinstance(datasets[path.stem], DictConfig):
+            raise ConfigError(f"config error: {path}: a dataset declaration is a mapping of settings")
+    node = OmegaConf.create({"datasets": datasets, "project": str(project)})
+    settings = project / "conf" / "project.yaml"
+    if settings.is_file():
+        try:
+            node = OmegaConf.merge(node, OmegaConf.load(settings))
+        except Exception as exc:
+            raise ConfigError(f"config error: {settings}: {_one_line(exc)}") from None
+    return node
+
+
+def load_config(overrides: List[str] | None = None, project: str | Path | None = None) -> PipelineConfig:
+    """Compose conf/config.yaml, the project's own configuration and command-line overrides into a
+    validated `PipelineConfig`."""
     overrides = list(overrides or [])
+    root = project_dir(project)
+    # the project's settings enter as the `project` group's one option (conf/config.yaml's defaults);
+    # its conf/ is on the search path too, so it may add options to the tool's groups (a profile of its own)
+    ConfigStore.instance().store(group="project", name="current", node=_project_node(root), package="_global_")
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            composed = compose(config_name="config", overrides=overrides)
-        # Paths in the config interpolate data_dir: make it absolute once, before anything resolves it.
+            composed = compose(config_name="config",
+                               overrides=[f"hydra.searchpath=[file://{root / 'conf'}]", *overrides])
+        # Paths in the config interpolate data_dir: make it absolute once (relative: to the working directory).
         composed.data_dir = str(Path(str(composed.data_dir)).expanduser().resolve())
         OmegaConf.resolve(composed)
         typed = OmegaConf.merge(OmegaConf.structured(PipelineConfig), composed)
         cfg: PipelineConfig = OmegaConf.to_object(typed)  # type: ignore[assignment]
-        # OmegaConf types one level of Dict[str, dataclass] only: type the per-column ranges here.
-        cfg.quality.ranges = {
-            dataset: {column: OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RangeConfig), value))
-                      for column, value in columns.items()}
-            for dataset, columns in cfg.quality.ranges.items()
-        }
+        for name, dataset in cfg.datasets.items():
+            dataset.columns = {column: _typed(ColumnConfig, spec, f"datasets.{name}.columns.{column}")
+                               for column, spec in dataset.columns.items()}
+            if dataset.name not in ("", name):
+                raise ConfigError(f"config error: datasets.{name}.name={dataset.name!r}: a dataset is named by "
+                                  "its declaration's file (or its key under datasets)")
+            dataset.name = name
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise ConfigError(f"config error: {_one_line(exc)}") from None
     validate(cfg)
@@ -341,44 +479,19 @@ def validate(cfg: PipelineConfig) -> None:
             raise ConfigError(f"config error: backfill.start={start} must be before backfill.end={end}")
     if cfg.profile not in ("local", "prod"):
         raise ConfigError(f"config error: profile={cfg.profile!r} must be local or prod")
-    for name, source in cfg.sources.items():
-        where = f"sources.{name}"
-        if source.kind not in SOURCE_KINDS:
-            raise ConfigError(f"config error: {where}.kind={source.kind!r} must be one of {SOURCE_KINDS}")
-        if source.watermark_column and (source.kind != "sql" or source.watermark_column not in source.columns):
-            raise ConfigError(f"config error: {where}.watermark_column={source.watermark_column!r} needs a sql "
-                              f"source that reads that column (it must be one of {where}.columns)")
-        if source.kind == "files":
-            if not source.path:
-                raise ConfigError(f"config error: {where}.path is required for a files source")
-            unknown = sorted(set(source.formats) - set(FILE_FORMATS))
-            if unknown:
-                raise ConfigError(f"config error: {where}.formats has unknown format(s) {unknown}")
-        if source.kind == "sql" and not (source.uri and source.query):
-            raise ConfigError(f"config error: {where} needs both uri and query")
-        missing_pii = sorted(set(source.pii) - set(source.columns))
-        if missing_pii:
-            raise ConfigError(f"config error: {where}.pii names unknown column(s) {missing_pii}")
-        if source.key not in source.columns:
-            raise ConfigError(f"config error: {where}.key={source.key!r} is not one of its columns")
+    from pipelines.declarations import validate_datasets
+
+    validate_datasets(cfg)
     q = cfg.quality
     severities = {"quality.completeness": q.completeness.severity, "quality.row_count": q.row_count.severity,
-                  "quality.drift": q.drift.severity,
-                  **{f"quality.ranges.{d}.{c}": v.severity for d, cols in q.ranges.items() for c, v in cols.items()},
-                  **{f"quality.freshness.{k}": v.severity for k, v in q.freshness.items()}}
+                  "quality.drift": q.drift.severity}
+    for name, dataset in cfg.datasets.items():
+        severities.update({f"datasets.{name}.quality.ranges.{c}": v.severity for c, v in dataset.quality.ranges.items()})
+        if dataset.quality.freshness:
+            severities[f"datasets.{name}.quality.freshness"] = dataset.quality.freshness.severity
     for where, severity in severities.items():
         if severity not in ("warn", "fail"):
             raise ConfigError(f"config error: {where}.severity={severity!r} must be warn or fail")
-    datasets = {source.dataset: source for source in cfg.sources.values()}
-    for group, named in (("ranges", q.ranges), ("completeness.columns", q.completeness.columns)):
-        for dataset, columns in named.items():
-            for column in columns:
-                if dataset not in datasets or column not in datasets[dataset].columns:
-                    raise ConfigError(f"config error: quality.{group}.{dataset}.{column} names no declared "
-                                      "column of a configured dataset")
-    for dataset in q.freshness:
-        if dataset not in datasets:
-            raise ConfigError(f"config error: quality.freshness.{dataset} names no configured dataset")
     if cfg.retention.reference is not None:
         try:
             parse_utc(cfg.retention.reference)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List
 
+from pipelines.commit_record import CommitRecord
 from pipelines.config import PipelineConfig, resolved_dict
 from pipelines.io.lake import Lake
 
@@ -61,10 +62,9 @@ class RunContext:
     def data_dir(self) -> Path:
         return Path(self.cfg.data_dir)
 
-    def commit_properties(self, **extra: Any) -> Dict[str, str]:
-        props = {"run_id": self.run_id, "config_hash": self.config_hash, "code_version": self.code_version}
-        props.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()})
-        return props
+    def commit_properties(self, **record: Any) -> Dict[str, str]:
+        """The snapshot properties of a commit of this run: its `CommitRecord` (typed fields only)."""
+        return CommitRecord(self.run_id, self.config_hash, self.code_version, **record).properties()
 
     def read(self, identifier: str) -> None:
         snapshot = self.lake.current_snapshot_id(identifier)

@@ -28,7 +28,8 @@ from pipelines import logs
 from pipelines.config import PipelineConfig
 from pipelines.errors import PipelineError
 from pipelines.io.sources import latest_watermark
-from pipelines.io.lake import RECORDED_KEYS, Lake, commit_checked
+from pipelines.commit_record import RECORDED_KEYS, history
+from pipelines.io.lake import Lake, commit_checked
 
 LAYERS = ("bronze", "silver", "quarantine", "gold")
 
@@ -108,9 +109,9 @@ def _fold_records(lake: Lake, identifier: str) -> None:
             updates[f"recorded.{key}"] = json.dumps(unique)
     # the last watermark of each watermarked source (bronze commits' `watermark`), likewise kept
     marks: Dict[str, List[str]] = {}
-    for props in lake.snapshot_properties(identifier):
-        if props.get("watermark") and props.get("source"):
-            marks.setdefault(props["source"], []).append(props["watermark"])
+    for record in history(lake, identifier):
+        if record.watermark and record.source:
+            marks.setdefault(record.source, []).append(record.watermark)
     for source, values in marks.items():
         key = f"recorded.watermark.{source}"
         updates[key] = latest_watermark(values + [lake.table(identifier).properties.get(key)]) or ""
@@ -128,28 +129,34 @@ def _tables(lake: Lake) -> List[str]:
 
 
 # --- retention ------------------------------------------------------------------------------------------
-AGE_COLUMNS = {"bronze": "_ingested_at", "quarantine": "_ingested_at", "silver": "ts"}
+ARRIVAL_COLUMN = "_ingested_at"  # bronze and quarantine age by arrival
 
 
-def _age_column(identifier: str, table: Table) -> Optional[str]:
-    layer = identifier.split(".")[0]
+def _age_column(cfg: PipelineConfig, identifier: str, table: Table) -> Optional[str]:
+    """What a table's rows age by: arrival (bronze, quarantine), the declared event time (silver of an
+    events dataset), the as-of day (gold); None: kept whole (a state dataset's silver)."""
+    layer, _, name = identifier.partition(".")
+    names = [f.name for f in table.schema().fields]
     if layer == "gold":
-        names = [f.name for f in table.schema().fields]
-        return "as_of" if "as_of" in names else None
-    column = AGE_COLUMNS.get(layer)
-    return column if column in [f.name for f in table.schema().fields] else None
+        column = "as_of"
+    elif layer == "silver":
+        declared = cfg.datasets.get(name)
+        column = declared.event_time if declared is not None else None
+    else:
+        column = ARRIVAL_COLUMN
+    return column if column in names else None
 
 
 def apply_retention(cfg: PipelineConfig, lake: Lake, reference: dt.datetime) -> Dict[str, Dict[str, object]]:
     """Delete the rows older than each layer's retention (days before `reference`), then make them
-    physically gone. A table without an age column (a dimension such as silver.users) is kept whole."""
+    physically gone. A table without an age column (the silver of a state dataset) is kept whole."""
     log = logs.get()
     out: Dict[str, Dict[str, object]] = {}
     for identifier in _tables(lake):
         layer = identifier.split(".")[0]
         days = getattr(cfg.retention, layer)
         table = lake.table(identifier)
-        column = _age_column(identifier, table)
+        column = _age_column(cfg, identifier, table)
         if days is None or column is None:
             continue
         bound = reference - dt.timedelta(days=days)

@@ -11,6 +11,7 @@ import hmac
 import os
 import secrets
 from pathlib import Path
+from typing import Mapping
 
 import pandas as pd
 
@@ -42,3 +43,20 @@ def tokenize(values: pd.Series, key: bytes) -> pd.Series:
         return hmac.new(key, str(value).encode(), hashlib.sha256).hexdigest()
 
     return values.astype(object).map(token)
+
+
+def protect(table: "pa.Table", methods: Mapping[str, str], key: bytes) -> "pa.Table":
+    """The declared PII columns of `table` protected: `hmac` -> token, `drop` -> null (type kept)."""
+    import pyarrow as pa
+
+    for column, method in methods.items():
+        if column not in table.column_names:
+            continue
+        index = table.schema.get_field_index(column)
+        if method == "drop":
+            table = table.set_column(index, table.schema.field(index), pa.nulls(table.num_rows, table.schema.field(index).type))
+        else:
+            text = table.column(column).cast(pa.string()).to_pandas()
+            tokens = pa.array(tokenize(text, key).to_numpy(), pa.string(), from_pandas=True)
+            table = table.set_column(index, pa.field(column, pa.string()), tokens)
+    return table

@@ -37,11 +37,14 @@ def check_prod(cfg: PipelineConfig) -> None:
         problems.append(f"tracking.tracking_uri={cfg.tracking.tracking_uri!r} must be an MLflow server (http[s]://)")
     if not cfg.ray.address:
         problems.append("ray.address (RAY_ADDRESS with ray=cluster) must name the Ray cluster")
-    for name, source in cfg.sources.items():
+    if cfg.cutoff is None:  # the wall clock would decide which events are quarantined, run by run
+        problems.append("cutoff must be set: the run's logical date (exclusive end), e.g. a scheduler's "
+                        "cutoff=2026-05-01T00:00:00Z")
+    for name, source in cfg.datasets.items():
         if source.kind == "files" and not _is_remote_uri(source.path or ""):
-            problems.append(f"sources.{name}.path={source.path!r} must be an object-store URI")
+            problems.append(f"datasets.{name}.path={source.path!r} must be an object-store URI")
         if source.kind == "sql" and (source.uri or "").startswith("sqlite"):
-            problems.append(f"sources.{name}.uri must name a database server, not an SQLite file")
+            problems.append(f"datasets.{name}.uri must name a database server, not an SQLite file")
     if problems:
         raise ConfigError(f"config error: profile=prod: {problems[0]}"
                           + (f" (and {len(problems) - 1} more: {'; '.join(problems[1:])})" if len(problems) > 1 else ""))

@@ -1,24 +1,31 @@
-"""One pipeline run: ingest -> refine -> build -> publish, tracked as one MLflow run.
+"""One pipeline run: plan -> ingest -> refine -> build -> quality -> publish -> track, as one MLflow run.
 
-The run is a sequence of idempotent steps (see each stage's module docstring), so running it again with
-no new input writes nothing, and running it after new files arrive processes only those files.
+`run` and `backfill` are the same steps over two slices of time: a run takes what arrived since the last
+one (every bronze run not yet refined, the gold as-of days it changes); a backfill takes the event days
+[start, end) of every events dataset again from what bronze holds (re-refined with today's rules,
+rebuilt with today's features). Both record themselves as open before their first write, pass the
+quality gate before publishing, check online against offline values, and are tracked in MLflow.
+The steps are functions of the declarations (datasets and feature sets): no dataset is known by name.
+Each step is idempotent (see each stage's module docstring): running a slice again writes nothing new.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import gc
-import json
+import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from features.declarations import FeatureSet, validate as validate_declaration
 from features.registry import feature_sets
 from pipelines import faults, logs, ray_runtime, run_lock, run_state
-from pipelines.config import PipelineConfig, parse_utc, resolved_dict
+from pipelines.config import DatasetConfig, PipelineConfig, parse_utc, resolved_dict
 from pipelines.context import RunContext, code_version, config_hash, new_run_id
+from pipelines.declarations import column_kinds, refine_order
 from pipelines.errors import ConfigError, PipelineError
 from pipelines.io.lake import Lake
 from pipelines.pii import load_key
@@ -26,24 +33,44 @@ from pipelines.quality import gate as quality_gate
 from pipelines.profiles import require_credentials
 from pipelines.stages import bronze, gold, silver
 from serving import applied
-from validation import transactions as tx_contract
-from validation import users as users_contract
+from validation import contract as contracts
 
-# Silver contracts by dataset: a source feeds a dataset only if validation/ has a contract for it.
-COLUMN_KINDS = {"transactions": tx_contract.COLUMN_KINDS, "users": users_contract.COLUMN_KINDS}
+
+@dataclass(frozen=True)
+class Slice:
+    """What a run covers: `run`, what arrived since the last run; `backfill`, event days [start, end)."""
+
+    kind: str  # run | backfill
+    start: Optional[dt.date] = None
+    end: Optional[dt.date] = None
+
+    @property
+    def label(self) -> str:
+        return "run" if self.kind == "run" else f"backfill {self.start}..{self.end}"
 
 
 def check_start_up(cfg: PipelineConfig) -> List[FeatureSet]:
-    """Everything that can be checked before any work: sources map to contracts, declarations are sound."""
+    """Everything that can be checked before any work: credentials, and each feature set against the
+    datasets it reads (columns, kinds, the event time it windows over, the entity table's key)."""
     require_credentials(cfg)
-    for name, source in cfg.sources.items():
-        if source.dataset not in COLUMN_KINDS:
-            raise ConfigError(f"config error: sources.{name}.dataset={source.dataset!r} has no silver contract "
-                              f"(known: {sorted(COLUMN_KINDS)})")
-    sets = feature_sets(cfg.features.sets)
+    sets = feature_sets(cfg.features.sets, cfg.project)
     for fs in sets:
-        validate_declaration(fs, COLUMN_KINDS.get(fs.source_table, {}),
-                             COLUMN_KINDS.get(fs.entity_table) if fs.entity_table else None)
+        where = f"feature set {fs.name!r}"
+        events = cfg.datasets.get(fs.source_table)
+        if events is None:
+            raise ConfigError(f"config error: {where} reads dataset {fs.source_table!r}, which is not declared "
+                              f"(declared: {sorted(cfg.datasets)})")
+        if events.event_time != fs.timestamp_column:
+            raise ConfigError(f"config error: {where} windows over {fs.timestamp_column!r}, but the event time of "
+                              f"{fs.source_table!r} is {events.event_time!r} (datasets.{fs.source_table}.event_time)")
+        entity = cfg.datasets.get(fs.entity_table) if fs.entity_table else None
+        if fs.entity_table and entity is None:
+            raise ConfigError(f"config error: {where} joins attributes from dataset {fs.entity_table!r}, which is "
+                              "not declared")
+        if entity is not None and entity.key_columns != [fs.entity.join_key]:
+            raise ConfigError(f"config error: {where} joins {fs.entity_table!r} on {fs.entity.join_key!r}, but its key "
+                              f"is {entity.key_columns}")
+        validate_declaration(fs, column_kinds(events), column_kinds(entity) if entity is not None else None)
     return sets
 
 
@@ -63,6 +90,17 @@ def stage(ctx: RunContext, name: str) -> Iterator[None]:
 
 
 def run(cfg: PipelineConfig) -> Dict[str, Any]:
+    """A run over what arrived since the last one."""
+    return execute(cfg, Slice("run"))
+
+
+def backfill(cfg: PipelineConfig) -> Dict[str, Any]:
+    """The same steps over event days [backfill.start, backfill.end) (or backfill.month)."""
+    start, end = cfg.backfill.interval()
+    return execute(cfg, Slice("backfill", start, end))
+
+
+def execute(cfg: PipelineConfig, plan: Slice) -> Dict[str, Any]:
     sets = check_start_up(cfg)
     started = dt.datetime.now(dt.timezone.utc)
     run_id = new_run_id(started)
@@ -75,19 +113,32 @@ def run(cfg: PipelineConfig) -> Dict[str, Any]:
     logs.bind(run_id=run_id, stage="start")
     log = logs.get()
     pii_key = load_key(cfg.pii_key_env, cfg.profile, data_dir, log.warning)
-    log.info("run started", data_dir=str(data_dir), feature_sets=[fs.name for fs in sets])
-    with run_lock.hold(cfg.catalog, run_id, "run", cfg.lock_wait_seconds):
-        return _locked_run(cfg, sets, run_id, started, pii_key)
+    if cfg.cutoff is None:
+        log.warning("no cutoff set: using the end of the current UTC day", cutoff=cfg.cutoff_ts.isoformat())
+    log.info(f"{plan.kind} started", data_dir=str(data_dir), project=cfg.project, datasets=list(cfg.datasets),
+             feature_sets=[fs.name for fs in sets], start=str(plan.start), end=str(plan.end))
+    with run_lock.hold(cfg.catalog, run_id, plan.kind, cfg.lock_wait_seconds):
+        return _locked(cfg, plan, sets, run_id, started, pii_key)
 
 
-def _locked_run(cfg: PipelineConfig, sets: List[FeatureSet], run_id: str, started: dt.datetime,
-                pii_key: bytes) -> Dict[str, Any]:
+def _locked(cfg: PipelineConfig, plan: Slice, sets: List[FeatureSet], run_id: str, started: dt.datetime,
+            pii_key: bytes) -> Dict[str, Any]:
     log = logs.get()
     data_dir = Path(cfg.data_dir)
     lake = Lake(cfg.catalog)
+    # a fixed cutoff for the whole run (a derived one must not move at midnight half-way)
+    cutoff = cfg.cutoff_ts
     ctx = RunContext(cfg, lake, run_id, started, code_version(), config_hash(cfg))
+    order = refine_order(cfg.datasets)
+    if plan.kind == "backfill":
+        interrupted = run_state.open_run_ids(lake)
+        if interrupted:
+            raise PipelineError(f"run {interrupted[-1]} was interrupted and is not finished: `medallion run` "
+                                "resumes it; backfill refuses to change the tables until then")
     with stage(ctx, "plan"):  # every source is checked before anything is written
-        plans = {name: bronze.plan(ctx, name, source) for name, source in cfg.sources.items()}
+        # in declaration order: a missing source is reported as a user would look for it
+        plans = {name: bronze.plan(ctx, name, source) for name, source in cfg.datasets.items()} \
+            if plan.kind == "run" else {}
         for fs in sets:
             gold.check_schema(ctx, fs)
     # From here on tables change: the open-run record lets a rerun after a crash resume this run, and
@@ -100,48 +151,51 @@ def _locked_run(cfg: PipelineConfig, sets: List[FeatureSet], run_id: str, starte
 
     from serving import tracking
 
+    tags = {"pipeline_run_id": run_id, "code_version": ctx.code_version}
+    if plan.kind == "backfill":
+        tags["backfill"] = f"{plan.start}..{plan.end}"
     with tracking.tracked_run(cfg.tracking.tracking_uri, cfg.tracking.experiment, cfg.tracking.artifact_location,
-                              run_name=run_id, tags={"pipeline_run_id": run_id,
-                                                     "code_version": ctx.code_version}) as mlflow_run_id:
+                              run_name=run_id if plan.kind == "run" else plan.label, tags=tags) as mlflow_run_id:
         tracking.mark_killed(open_run.interrupted, run_id)
-        with stage(ctx, "ingest"):
-            for name, source in cfg.sources.items():
-                result = bronze.ingest(ctx, name, source, plans[name])
-                resumed = run_state.commits_by(lake, f"bronze.{source.dataset}", open_run.interrupted)
-                ctx.counts[f"{source.dataset}.bronze_rows_ingested"] = result.rows + sum(
-                    int(p.get("added-records", 0)) for p in resumed)
-                ctx.counts[f"{source.dataset}.units_ingested"] = len(result.units) + sum(
-                    len(json.loads(p.get(bronze.INGESTED_UNITS, "[]"))) for p in resumed)
+        if plan.kind == "run":
+            with stage(ctx, "ingest"):
+                for name, source in cfg.datasets.items():
+                    _ingest(ctx, source, plans[name], open_run.interrupted)
         faults.point("ingested")
         with stage(ctx, "refine"):
             refined: Dict[str, silver.SilverResult] = {}
-            for name, source in cfg.sources.items():
-                if source.dataset == "users":
-                    refined["users"] = silver.refine_users(ctx, source, pii_key)
-            known = silver.known_user_ids(ctx)
-            for name, source in cfg.sources.items():
-                if source.dataset == "transactions":
-                    refined["transactions"] = silver.refine_transactions(ctx, source, known)
-            for dataset, result in refined.items():
-                for record in run_state.refined_by(lake, dataset, open_run.interrupted):
-                    result.absorb(record, record["bronze_runs"])
-                ctx.counts.update(result.as_counts(dataset))
+            for name in order:
+                source = cfg.datasets[name]
+                contract = contracts.build(name, source, cutoff, silver.referenced_keys(ctx, source, cfg.datasets),
+                                           _custom_checks(cfg, source))
+                if plan.kind == "run":
+                    refined[name] = silver.refine(ctx, source, contract, pii_key)
+                    for record, bronze_runs in run_state.refined_by(lake, name, open_run.interrupted):
+                        refined[name].absorb(record, bronze_runs)
+                elif source.is_events and ctx.lake.exists(f"bronze.{name}"):
+                    refined[name] = silver.rebuild(ctx, source, contract, pii_key, plan.start, plan.end)
+                if name in refined:
+                    ctx.counts.update(refined[name].as_counts(name))
         faults.point("refined")
         built: Dict[str, gold.GoldResult] = {}
         with stage(ctx, "build"):
             for fs in sets:
-                built[fs.name] = gold.build(ctx, fs)
-                gold.absorb(built[fs.name], run_state.commits_by(lake, f"gold.{fs.name}", open_run.interrupted))
+                if plan.kind == "run":
+                    built[fs.name] = gold.build(ctx, fs, cfg.datasets[fs.source_table])
+                    gold.absorb(built[fs.name], run_state.commits_by(lake, f"gold.{fs.name}", open_run.interrupted))
+                else:
+                    built[fs.name] = gold.rebuild(ctx, fs, cfg.datasets[fs.source_table], plan.start, plan.end)
                 ctx.counts[f"{fs.name}.gold_rows_written"] = built[fs.name].rows_written
                 # a full read of the table: only for a table this run wrote (a rerun with no new data
-                # spent ~18 s of its ~60 s here at 10M transactions, hashing gold it had not changed)
+                # spent ~18 s of its ~60 s here at 10M events, hashing gold it had not changed)
                 if built[fs.name].first_as_of is not None:
                     ctx.digests[f"gold.{fs.name}"] = gold.content_digest(ctx, f"gold.{fs.name}")
         faults.point("built")
         gate_result = None
-        refined_now = [quality_gate.Refined(d, list(_source_of(cfg, d).columns), r.bronze_runs, r.rows_in, r.present)
-                       for d, r in refined.items() if r.bronze_runs]
-        if refined_now:  # nothing new refined, nothing to judge (and no write to the check history)
+        refined_now = [quality_gate.Refined(d, cfg.datasets[d].column_names, r.bronze_runs, r.rows_in, r.present)
+                       for d, r in refined.items() if r.rows_in]
+        changed = any(b.first_as_of is not None for b in built.values())
+        if refined_now or changed:  # nothing new refined or built, nothing to judge (and no history row)
             with stage(ctx, "quality"):
                 try:
                     gate_result = quality_gate.run_gate(ctx, refined_now, built, sets, open_run.before,
@@ -151,31 +205,7 @@ def _locked_run(cfg: PipelineConfig, sets: List[FeatureSet], run_id: str, starte
                     raise
         faults.point("gated")
         with stage(ctx, "publish"):
-            published = []
-            if all(built[fs.name].first_as_of is None for fs in sets) and applied.is_current(cfg, sets):
-                log.info("nothing to publish: Feast holds these feature sets as last applied")
-                sets_to_publish = []
-            else:
-                # imported here, not with the rest: Feast takes seconds to import, which a run that stops
-                # earlier (a failed gate, a crash) or has nothing to publish need not pay
-                from serving import publish as publishing
-
-                store = publishing.open_store(cfg)
-                publishing.apply(store, sets, cfg)
-                sets_to_publish = sets
-            for fs in sets_to_publish:
-                changed = built[fs.name]
-                if changed.first_as_of is None:
-                    continue
-                result = publishing.publish(store, lake, fs, changed.first_as_of)
-                published.append(result)
-                ctx.counts[f"{fs.name}.online_entities_written"] = result.entities_written
-                ctx.counts[f"{fs.name}.online_check_mismatches"] = result.mismatches
-                if result.mismatches:
-                    raise RuntimeError(f"online/offline check failed for {fs.name}: "
-                                       f"{result.mismatches} mismatching values in {result.checked} entities")
-                faults.point("published_one")
-            log.info("published", feature_sets=[r.feature_set for r in published])
+            published = _publish(ctx, cfg, sets, built)
         with stage(ctx, "track"):
             tables = _tables(ctx, cfg, sets)
             for identifier in _run_tables(cfg, sets):  # what interrupted runs committed is this run's output too
@@ -197,19 +227,27 @@ def _locked_run(cfg: PipelineConfig, sets: List[FeatureSet], run_id: str, starte
     new_data = bool(ctx.tables_written)
     if not new_data:
         log.info("no new data: nothing was written")
-    return {
+    log.info(f"{plan.kind} finished", tables_written=sorted(ctx.tables_written))
+    summary = {
         "run_id": run_id,
         "status": "succeeded",
+        "kind": plan.kind,
         "new_data": new_data,
         "resumed": open_run.interrupted,
         "data_dir": str(data_dir),
+        "project": cfg.project,
+        "cutoff": cutoff.isoformat(),
         "catalog": {"name": lake.name, "properties": lake.properties},
         "tables": tables,
+        "tables_written": dict(ctx.tables_written),
         "quarantined": {d: r.quarantined for d, r in refined.items()},
         "duplicates": {d: r.duplicates for d, r in refined.items()},
         "counts": ctx.counts,
         "rejected_files": ctx.rejected_files,
         "gold_digests": ctx.digests,
+        "gold_as_of": {name: [str(r.first_as_of), str(r.last_as_of)] for name, r in built.items()
+                       if r.first_as_of is not None},
+        "published": [p.feature_set for p in published],
         "mlflow": {"tracking_uri": cfg.tracking.tracking_uri, "run_id": mlflow_run_id},
         "feast_repo": str(applied.repo_path(cfg)),
         "seconds": ctx.durations,
@@ -217,28 +255,67 @@ def _locked_run(cfg: PipelineConfig, sets: List[FeatureSet], run_id: str, starte
             "passed": gate_result.passed, "report": str(gate_result.report_path), "alerts": gate_result.alerts,
             "failed_checks": [c.summary() for c in gate_result.checks if not c.passed]},
     }
+    if plan.kind == "backfill":
+        summary["interval"] = [str(plan.start), str(plan.end)]
+    return summary
 
 
-def _source_of(cfg: PipelineConfig, dataset: str):
-    return next(s for s in cfg.sources.values() if s.dataset == dataset)
+def _ingest(ctx: RunContext, source: DatasetConfig, file_plan, interrupted: List[str]) -> None:
+    result = bronze.ingest(ctx, source.name, source, file_plan)
+    resumed = run_state.commits_by(ctx.lake, f"bronze.{source.name}", interrupted)
+    ctx.counts[f"{source.name}.bronze_rows_ingested"] = result.rows + sum(r.added_records for r in resumed)
+    ctx.counts[f"{source.name}.units_ingested"] = len(result.units) + sum(len(r.units) for r in resumed)
+
+
+def _publish(ctx: RunContext, cfg: PipelineConfig, sets: List[FeatureSet], built: Dict[str, gold.GoldResult]):
+    """Apply the Feast objects (unless Feast holds them as last applied and nothing changed), write each
+    changed feature set's newest rows online and check them against offline values."""
+    log = logs.get()
+    published = []
+    if all(built[fs.name].first_as_of is None for fs in sets) and applied.is_current(cfg, sets):
+        log.info("nothing to publish: Feast holds these feature sets as last applied")
+        return published
+    # imported here, not with the rest: Feast takes seconds to import, which a run that stops earlier (a
+    # failed gate, a crash) or has nothing to publish need not pay
+    from serving import publish as publishing
+
+    store = publishing.open_store(cfg)
+    publishing.apply(store, sets, cfg)
+    for fs in sets:
+        changed = built[fs.name]
+        if changed.first_as_of is None:
+            continue
+        result = publishing.publish(store, ctx.lake, fs, changed.first_as_of)
+        published.append(result)
+        ctx.counts[f"{fs.name}.online_entities_written"] = result.entities_written
+        ctx.counts[f"{fs.name}.online_check_mismatches"] = result.mismatches
+        if result.mismatches:
+            raise RuntimeError(f"online/offline check failed for {fs.name}: "
+                               f"{result.mismatches} mismatching values in {result.checked} entities")
+        faults.point("published_one")
+    log.info("published", feature_sets=[r.feature_set for r in published])
+    return published
+
+
+def _custom_checks(cfg: PipelineConfig, source: DatasetConfig):
+    """(name, function) of the dataset's custom checks, imported from the project directory."""
+    from pipelines.declarations import custom_check
+
+    return [(check.name, custom_check(cfg.project, source.name, check.function)) for check in source.checks]
 
 
 def _run_tables(cfg: PipelineConfig, sets: List[FeatureSet]) -> List[str]:
     """Every table a run writes: what a failed quality gate puts back."""
     out = []
-    for source in cfg.sources.values():
-        out += [f"bronze.{source.dataset}", f"silver.{source.dataset}", f"quarantine.{source.dataset}"]
+    for name in cfg.datasets:
+        out += [f"bronze.{name}", f"silver.{name}", f"quarantine.{name}"]
     return out + [f"gold.{fs.name}" for fs in sets]
 
 
 def _tables(ctx: RunContext, cfg: PipelineConfig, sets: List[FeatureSet]) -> Dict[str, Dict[str, Any]]:
-    identifiers = []
-    for source in cfg.sources.values():
-        identifiers += [f"bronze.{source.dataset}", f"silver.{source.dataset}", f"quarantine.{source.dataset}"]
-    identifiers += [f"gold.{fs.name}" for fs in sets]
     return {
         identifier: {"snapshot_id": ctx.lake.current_snapshot_id(identifier), "rows": ctx.lake.row_count(identifier)}
-        for identifier in identifiers
+        for identifier in _run_tables(cfg, sets)
         if ctx.lake.exists(identifier)
     }
 

@@ -17,10 +17,10 @@ prod profile alike, with no driver-local state.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
+from pipelines.commit_record import CommitRecord, Refined, history
 from pipelines.io.lake import Lake
 
 NAMESPACE = "pipeline_state"
@@ -74,13 +74,13 @@ def end(lake: Lake) -> None:
         lake.catalog.update_namespace_properties(NAMESPACE, removals=set(stale))
 
 
-def commits_by(lake: Lake, identifier: str, run_ids: List[str]) -> List[Dict[str, str]]:
-    """Summaries of the commits in the table's current history made by `run_ids`, oldest first."""
+def commits_by(lake: Lake, identifier: str, run_ids: List[str]) -> List[CommitRecord]:
+    """The records of the commits in the table's current history made by `run_ids`, oldest first."""
     wanted = set(run_ids)
-    return [p for p in lake.snapshot_properties(identifier) if p.get("run_id") in wanted] if wanted else []
+    return [r for r in history(lake, identifier) if r.run_id in wanted] if wanted else []
 
 
-def refined_by(lake: Lake, dataset: str, run_ids: List[str]) -> List[dict]:
-    """What interrupted runs refined into silver.<dataset> (each silver commit's `refined` record)."""
-    return [dict(json.loads(p["refined"]), bronze_runs=json.loads(p.get("bronze_runs", "[]")))
-            for p in commits_by(lake, f"silver.{dataset}", run_ids) if "refined" in p]
+def refined_by(lake: Lake, dataset: str, run_ids: List[str]) -> List[Tuple[Refined, List[str]]]:
+    """What interrupted runs refined into silver.<dataset>: each silver commit's record and bronze runs."""
+    return [(r.refined, list(r.bronze_runs)) for r in commits_by(lake, f"silver.{dataset}", run_ids)
+            if r.refined is not None]

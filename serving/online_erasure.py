@@ -26,7 +26,7 @@ def erase_online(cfg: PipelineConfig, join_key: str, key: str) -> Dict[str, int]
     """Rows removed per feature view (for Redis: keys removed, one per entity for all its views)."""
     from serving.publish import open_store
 
-    sets = [fs for fs in feature_sets(cfg.features.sets) if fs.entity.join_key == join_key]
+    sets = [fs for fs in feature_sets(cfg.features.sets, cfg.project) if fs.entity.join_key == join_key]
     if not sets:
         return {}
     store = open_store(cfg)

@@ -36,7 +36,7 @@ def small_config(data_dir: Path, *extra: str):
 def run_small_sample(data_dir: Path):
     """Generate the small standard sample in `data_dir` and run the whole pipeline once: (cfg, summary)."""
     from pipelines.run import run
-    from pipelines.sample_data import generate
+    from examples.sample.generate import generate
 
     cfg = small_config(data_dir)
     generate(cfg.sample)
@@ -60,7 +60,7 @@ BOUNDARY_LINES = [
 def pipeline_run(tmp_path_factory, ray_session):
     """One run of the whole pipeline on the small standard case plus boundary events."""
     from pipelines.run import run
-    from pipelines.sample_data import generate
+    from examples.sample.generate import generate
 
     data_dir = tmp_path_factory.mktemp("e2e")
     # every transform on Ray, as at scale (small inputs would otherwise be deduplicated and built on the
@@ -68,7 +68,7 @@ def pipeline_run(tmp_path_factory, ray_session):
     cfg = small_config(data_dir, "ray.local_max_rows=0", "ray.gold_local_max_events=0")
     planted = generate(cfg.sample)
     header = "tx_id,user_id,merchant_id,amount,currency,channel,ts"
-    (Path(cfg.sample.output_dir) / "transactions" / "boundary.csv").write_text(
+    (Path(cfg.sample['output_dir']) / "transactions" / "boundary.csv").write_text(
         "\n".join([header, *BOUNDARY_LINES]) + "\n")
     summary = run(cfg)
     return {"cfg": cfg, "summary": summary, "planted": planted, "data_dir": data_dir}

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def parquet_run(tmp_path_factory, ray_session):
     from pipelines.run import run
-    from pipelines.sample_data import generate
+    from examples.sample.generate import generate
 
     data_dir = tmp_path_factory.mktemp("bench")
     cfg = small_config(data_dir, "sample.parquet_every=1")

@@ -124,7 +124,7 @@ def test_ray_write_that_loses_the_race_commits_its_files_on_the_new_snapshot(tmp
 # --- two whole runs at once ---------------------------------------------------------------------------
 @pytest.mark.e2e
 def test_two_runs_started_at_once_one_runs_the_other_fails_naming_it(tmp_path, ray_session):
-    from pipelines.sample_data import generate
+    from examples.sample.generate import generate
 
     generate(small_config(tmp_path).sample)
     command = [sys.executable, "-m", "pipelines", "run", f"data_dir={tmp_path}", *SMALL,

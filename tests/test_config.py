@@ -12,7 +12,7 @@ def test_defaults_compose_with_absolute_paths(tmp_path):
     cfg = load_config([f"data_dir={tmp_path}"])
     assert cfg.catalog.uri == f"sqlite:///{tmp_path}/catalog.db"
     assert cfg.catalog.warehouse == f"file://{tmp_path}/warehouse"
-    assert cfg.sources["users"].uri == f"sqlite:///{tmp_path}/sample/users.db"
+    assert cfg.datasets["users"].uri == f"sqlite:///{tmp_path}/sample/users.db"
     assert cfg.cutoff == "2026-05-01T00:00:00Z"  # start 2026-01-01 + 120 days
     assert cfg.features.sets == ["user_spend_daily", "merchant_activity"]
 
@@ -37,8 +37,13 @@ def test_feature_group_selects_sets():
         ("ray.num_cpus=two", "Value 'two' of type 'str' could not be converted to Integer"),
         ("catalog=oracle", "Could not find 'catalog/oracle'"),
         ("cutoff=yesterday", "cutoff='yesterday' is not an ISO-8601 timestamp"),
-        ("sources.users.kind=ftp", "sources.users.kind='ftp' must be one of ('files', 'sql')"),
-        ("sources.transactions.formats=[csv,xlsx]", "sources.transactions.formats has unknown format(s) ['xlsx']"),
+        ("datasets.users.kind=ftp", "datasets.users.kind: 'ftp' must be one of ('files', 'sql')"),
+        ("datasets.transactions.formats=[csv,xlsx]", "datasets.transactions.formats: unknown format(s) ['xlsx']"),
+        ("datasets.transactions.key=[tx_id,nope]", "datasets.transactions.key: ['tx_id', 'nope'] must be one of its"),
+        ("datasets.transactions.columns.amount.type=money", "datasets.transactions.columns.amount.type: unknown type"),
+        ("datasets.transactions.columns.user_id.references=users.email",
+         "references: 'users.email' must be the whole key of 'users'"),
+        ("datasets.transactions.event_time=currency", "datasets.transactions.event_time: 'currency' must be one of its"),
         ("online_store.type=dynamo", "online_store.type='dynamo' must be sqlite or redis"),
     ],
 )

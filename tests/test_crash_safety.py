@@ -125,7 +125,7 @@ def _unreferenced_data_files(data_dir: Path, sample_dir: Path) -> List[str]:
 def reference(tmp_path_factory, ray_session):
     import ray
 
-    from pipelines.sample_data import generate
+    from examples.sample.generate import generate
 
     root = tmp_path_factory.mktemp("crash")
     sample_dir = root / "sample"

@@ -1,5 +1,5 @@
-"""Silver's split and deduplication through Ray (no shuffle: only the valid rows' tx_ids and the contested
-rows reach the driver) against a plain pandas reading of the rules: failing rows go to quarantine with
+"""Silver's split and deduplication through Ray (no shuffle: only the valid rows' keys and the contested
+rows reach the driver), for the sample's transactions declaration (key tx_id), against a plain pandas reading of the rules: failing rows go to quarantine with
 their reasons; per tx_id not already in silver, the row of the earliest bronze run, then source file, then
 row hash, is kept; the counts and the event-day span are those of the input."""
 
@@ -14,7 +14,12 @@ import ray
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipelines.stages.silver import _encode_repeated, _split_and_deduplicate, silver_transactions_spec
+from pipelines.config import load_config
+from pipelines.stages.silver import _encode_repeated, _split_and_deduplicate, silver_spec
+from validation import contract as contracts
+
+DECLARED = load_config(["data_dir=/tmp/medallion-unused"]).datasets["transactions"]
+CONTRACT = contracts.build("transactions", DECLARED)
 
 KEYS = ["tx_id", "_run_id", "_source_file", "_row_hash"]
 CHECKED = pa.schema([pa.field(name, pa.string()) for name in
@@ -100,15 +105,16 @@ def check_against_reference(rows, blocks, existing, driver, encoded=False):
         asked.append((first_day, last_day))
         return pa.array(sorted(existing), pa.large_string())  # as read back from the silver table
 
-    got = _split_and_deduplicate(ctx, checked, ["tx_id", "channel"], [], QUARANTINE, silver_transactions_spec(),
-                                 held_ids)
+    got = _split_and_deduplicate(ctx, checked, CONTRACT, [], QUARANTINE, silver_spec(DECLARED, CONTRACT), "ts",
+                                 held_ids, b"test-key")
 
     valid = frame.loc[frame["_failed_rules"].isna()]
     assert as_sorted(got.silver.to_pandas(), KEYS) == as_sorted(reference(valid, existing), KEYS)
     bad = frame.loc[frame["_failed_rules"].notna()]
     assert as_sorted(got.bad.to_pandas(), KEYS + ["_failed_rules"]) == as_sorted(bad, KEYS + ["_failed_rules"])
     assert (got.rows_in, got.valid) == (len(frame), len(valid))
-    assert got.present == {"tx_id": len(frame), "channel": int((frame["channel"].str.strip() != "").sum())}
+    assert got.present == {**{c: len(frame) for c in CONTRACT.names},
+                           "channel": int((frame["channel"].str.strip() != "").sum())}
     days = sorted(pd.to_datetime(valid["ts"]).dt.date)
     assert (got.first_day, got.last_day) == ((days[0], days[-1]) if days else (None, None))
     assert asked == ([(days[0], days[-1])] if days else [])

@@ -51,3 +51,34 @@ def test_frozen_schema_is_refused_with_a_clear_message(tmp_path):
     lake.ensure(TableSpec("silver.f", pa.schema([("a", pa.string())])))
     with pytest.raises(PipelineError, match=re.escape("table silver.f has columns ['a'], this code writes ['a', 'b']")):
         lake.ensure(TableSpec("silver.f", pa.schema([("a", pa.string()), ("b", pa.string())])))
+
+
+def test_replace_keeps_the_history_and_roll_back_restores_columns_rows_and_properties(tmp_path, ray_session):
+    """A table replaced in place (a gold rebuild): one column dropped, one retyped, one added, the order
+    changed, a property changed and one added; rolled back, it is the table it was, read as before."""
+    lake = lake_at(tmp_path)
+    old = TableSpec("gold.g", pa.schema([("k", pa.int64()), ("gone", pa.string()), ("n", pa.int64())]),
+                    properties={"p.kept": "1", "p.changed": "old"})
+    rows = pa.table({"k": [1, 2], "gone": ["x", "y"], "n": [10, 20]}, schema=old.schema)
+    before = lake.write(ray.data.from_arrow(rows), old, {"run_id": "r1"})
+    new = TableSpec("gold.g", pa.schema([("added", pa.string()), ("k", pa.int64()), ("n", pa.float64())]),
+                    properties={"p.kept": "1", "p.changed": "new", "p.new": "yes"})
+    fresh = pa.table({"added": ["a"], "k": [3], "n": [0.5]}, schema=new.schema)
+    replaced = lake.replace(ray.data.from_arrow(fresh), new, {"run_id": "r2"})
+    table = lake.table("gold.g")
+    assert table.scan().to_arrow().to_pylist() == [{"added": "a", "k": 3, "n": 0.5}]
+    assert {k: table.properties.get(k) for k in ("p.kept", "p.changed", "p.new")} == \
+        {"p.kept": "1", "p.changed": "new", "p.new": "yes"}
+    assert table.scan(snapshot_id=before).to_arrow().sort_by("k").to_pylist() == rows.to_pylist()
+    assert lake.replaced_after("gold.g", before)  # type: ignore[arg-type]
+    assert not lake.replaced_after("gold.g", replaced)  # type: ignore[arg-type]
+
+    lake.roll_back("gold.g", before)  # type: ignore[arg-type]
+    table = lake.table("gold.g")
+    assert table.current_snapshot().snapshot_id == before
+    assert [f.name for f in table.schema().fields] == ["k", "gone", "n"]
+    assert table.scan().to_arrow().sort_by("k").to_pylist() == rows.to_pylist()
+    assert {k: table.properties.get(k) for k in ("p.kept", "p.changed", "p.new")} == \
+        {"p.kept": "1", "p.changed": "old", "p.new": None}
+    lake.write(ray.data.from_arrow(rows.slice(0, 1)), old, {"run_id": "r3"})  # writable as the old table again
+    assert lake.row_count("gold.g") == 3

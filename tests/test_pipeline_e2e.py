@@ -223,7 +223,7 @@ def test_mlflow_run_names_every_table_snapshot(pipeline_run):
     run = client.get_run(summary["mlflow"]["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["cutoff"] == "2026-01-21T00:00:00Z"
-    assert run.data.params["sources.transactions.dataset"] == "transactions"
+    assert run.data.params["datasets.transactions.name"] == "transactions"
     assert run.data.metrics["transactions.quarantined"] == summary["quarantined"]["transactions"]
     assert run.data.metrics["transactions.duplicates_dropped"] == summary["duplicates"]["transactions"]
     inputs = run.inputs.dataset_inputs
@@ -251,7 +251,7 @@ def test_no_raw_pii_anywhere_past_bronze(pipeline_run):
     import sqlite3
 
     summary, cfg = pipeline_run["summary"], pipeline_run["cfg"]
-    with sqlite3.connect(Path(cfg.sample.output_dir) / "users.db") as conn:
+    with sqlite3.connect(Path(cfg.sample['output_dir']) / "users.db") as conn:
         users = pd.read_sql("SELECT email, full_name, phone, birth_date FROM users", conn)
     secrets = {v for column in users.columns for v in users[column]}
     assert len(secrets) > 400

@@ -23,7 +23,7 @@ NEXT_DAY = "cutoff=2026-01-22T00:00:00Z"  # the bad batches are the events of 20
 def base(tmp_path_factory, ray_session):
     cfg, summary = run_small_sample(tmp_path_factory.mktemp("gate"))
     assert summary["quality"]["passed"]
-    folder = Path(cfg.sample.output_dir) / "transactions"
+    folder = Path(cfg.sample['output_dir']) / "transactions"
     files = sorted(p for p in folder.iterdir() if p.suffix in (".csv", ".parquet"))
     return {"cfg": cfg, "summary": summary, "folder": folder, "base_rows_per_file":
             summary["counts"]["transactions.bronze_rows_ingested"] / len(files)}

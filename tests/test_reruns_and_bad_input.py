@@ -49,7 +49,7 @@ def test_rerun_without_new_data_writes_nothing_then_a_new_day_is_ingested_alone(
     assert '"event": "ray runtime started"' not in out.stderr
 
     # one new day of data plus an empty file: only the day is ingested, the empty file is named
-    folder = Path(pipeline_run["cfg"].sample.output_dir) / "transactions"
+    folder = Path(pipeline_run["cfg"].sample['output_dir']) / "transactions"
     lines = ["tx_id,user_id,merchant_id,amount,currency,channel,ts",
              "new-1,3,1,12.34,EUR,web,2026-01-21T08:00:00.000000Z",
              "new-2,4,2,5.00,USD,app,2026-01-21T23:59:59.999999Z",
@@ -91,7 +91,7 @@ def _one_line_error(out: subprocess.CompletedProcess) -> str:
 
 
 def test_missing_source_path_is_one_line_and_writes_no_table(tmp_path):
-    out = cli("run", f"data_dir={tmp_path}", "sources.transactions.path=/no/such/folder")
+    out = cli("run", f"data_dir={tmp_path}", "datasets.transactions.path=/no/such/folder")
     assert _one_line_error(out) == "error: source 'transactions': path /no/such/folder does not exist"
     catalog = load_catalog("lake", type="sql", uri=f"sqlite:///{tmp_path}/catalog.db",
                            warehouse=f"file://{tmp_path}/warehouse")
@@ -128,7 +128,7 @@ def test_late_arriving_day_recomputes_only_the_affected_as_of_range(pipeline_run
     summary = pipeline_run["summary"]
     catalog = load_catalog(summary["catalog"]["name"], **summary["catalog"]["properties"])
     before = catalog.load_table("gold.merchant_activity").scan().to_pandas()
-    folder = Path(pipeline_run["cfg"].sample.output_dir) / "transactions"
+    folder = Path(pipeline_run["cfg"].sample['output_dir']) / "transactions"
     (folder / "late-2026-01-09.csv").write_text(
         "tx_id,user_id,merchant_id,amount,currency,channel,ts\n"
         "late-1,5,3,42.00,EUR,web,2026-01-09T10:00:00.000000Z\n")

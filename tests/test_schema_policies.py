@@ -33,11 +33,11 @@ def _type_change(folder: Path) -> None:
 
 
 def _setup(tmp_path: Path, *overrides: str, files=("new", "missing", "type")):
-    from pipelines.sample_data import generate
+    from examples.sample.generate import generate
 
     cfg = load_config([f"data_dir={tmp_path}", *TINY, *overrides])
     generate(cfg.sample)
-    folder = Path(cfg.sample.output_dir) / "transactions"
+    folder = Path(cfg.sample['output_dir']) / "transactions"
     if "new" in files:
         (folder / "new_column.csv").write_text(NEW_COLUMN)
     if "missing" in files:
@@ -122,18 +122,18 @@ def test_silver_freeze_stops_before_any_write_naming_the_column(tmp_path, ray_se
     with pytest.raises(SchemaChangeError) as stopped:
         run(cfg)
     assert str(stopped.value) == (
-        f"schema change stopped the run: file {Path(cfg.sample.output_dir) / 'transactions' / 'new_column.csv'} "
+        f"schema change stopped the run: file {Path(cfg.sample['output_dir']) / 'transactions' / 'new_column.csv'} "
         "has new column(s) ['coupon'], and silver.transactions is frozen (schema_policy.silver=freeze; set "
         "evolve, discard_value or discard_row to accept it)")
     assert _no_tables(cfg)
-    (Path(cfg.sample.output_dir) / "transactions" / "new_column.csv").unlink()
-    (Path(cfg.sample.output_dir) / "transactions" / "missing_column.csv").write_text(MISSING_COLUMN)
+    (Path(cfg.sample['output_dir']) / "transactions" / "new_column.csv").unlink()
+    (Path(cfg.sample['output_dir']) / "transactions" / "missing_column.csv").write_text(MISSING_COLUMN)
     with pytest.raises(SchemaChangeError, match=r"has missing column\(s\) \['channel'\], and silver.transactions"):
         run(cfg)
     assert _no_tables(cfg)
     # a type change is not a schema change: its rows are judged one by one
-    (Path(cfg.sample.output_dir) / "transactions" / "missing_column.csv").unlink()
-    _type_change(Path(cfg.sample.output_dir) / "transactions")
+    (Path(cfg.sample['output_dir']) / "transactions" / "missing_column.csv").unlink()
+    _type_change(Path(cfg.sample['output_dir']) / "transactions")
     summary = run(cfg)
     _assert_type_change_quarantined_per_row(_tables(summary))
     _assert_rows_add_up(summary)
@@ -173,6 +173,58 @@ def test_gold_freeze_stops_on_a_changed_declaration_and_evolve_allows_the_rebuil
         gold.check_schema(ctx, fs)
     evolving = load_config([f"data_dir={tmp_path}", *TINY, "schema_policy.gold=evolve"])
     gold.check_schema(RunContext(evolving, lake, "r", None, "v", "h"), fs)  # type: ignore[arg-type]
+
+
+def _gold_context(tmp_path, policy="freeze"):
+    from pipelines.context import RunContext
+    from pipelines.io.lake import Lake
+
+    cfg = load_config([f"data_dir={tmp_path}", *TINY, f"schema_policy.gold={policy}"])
+    (tmp_path / "warehouse").mkdir(exist_ok=True)
+    return RunContext(cfg, Lake(cfg.catalog), "r", None, "v", "h")  # type: ignore[arg-type]
+
+
+def test_gold_freeze_names_the_features_whose_definitions_changed_under_the_same_names(tmp_path):
+    import dataclasses
+
+    from features.declarations import Filter
+    from features.registry import feature_set
+    from pipelines.stages import gold
+
+    merchant = feature_set("merchant_activity")
+    app_revenue = dataclasses.replace(merchant, aggregations=tuple(
+        dataclasses.replace(a, where=Filter("channel", "app")) if a.name == "web_revenue" else a
+        for a in merchant.aggregations))
+    ctx = _gold_context(tmp_path)
+    ctx.lake.ensure(gold.table_spec(merchant))  # gold as the shipped declaration wrote it
+    gold.check_schema(ctx, merchant)
+    with pytest.raises(SchemaChangeError) as stopped:
+        gold.check_schema(ctx, app_revenue)
+    assert str(stopped.value) == (  # the derived share reads the redefined revenue: it changes too
+        "schema change stopped the run: feature set 'merchant_activity' has changed definition(s) of "
+        "['web_revenue_30d', 'web_share_30d'], and gold.merchant_activity is frozen (schema_policy.gold=freeze; "
+        "set evolve, discard_value or discard_row to accept it)")
+    gold.check_schema(_gold_context(tmp_path, "evolve"), app_revenue)
+
+
+def test_gold_written_before_fingerprints_were_recorded_is_judged_by_its_columns(tmp_path):
+    import dataclasses
+
+    from features.registry import feature_set
+    from pipelines.io.lake import TableSpec
+    from pipelines.stages import gold
+
+    fs = feature_set("user_spend_daily")
+    spec = gold.table_spec(fs)
+    ctx = _gold_context(tmp_path)
+    ctx.lake.ensure(TableSpec(spec.identifier, spec.schema, spec.day_partition))  # no properties: older code
+    mean = dataclasses.replace(fs, aggregations=tuple(dataclasses.replace(a, agg="mean") if a.name == "spend" else a
+                                                      for a in fs.aggregations))
+    gold.check_schema(ctx, mean)  # nothing to compare with: the same columns pass, no spurious rebuild
+    ctx.lake.ensure(spec)  # the next write records what it writes
+    assert ctx.lake.table(spec.identifier).properties["medallion.declaration_fingerprint"] == fs.fingerprint()
+    with pytest.raises(SchemaChangeError, match=r"changed definition\(s\) of \['spend_7d', 'spend_30d', 'spend_90d'\]"):
+        gold.check_schema(ctx, mean)
 
 
 def test_policies_a_layer_cannot_take_are_config_errors(tmp_path):

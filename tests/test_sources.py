@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.config import SourceConfig
+from pipelines.config import ColumnConfig, DatasetConfig
 from pipelines.io.sources import check_file, list_files
 
 COLUMNS = ["tx_id", "amount"]
@@ -13,7 +13,8 @@ COLUMNS = ["tx_id", "amount"]
 
 def checked(tmp_path, name: str, content: bytes):
     (tmp_path / name).write_bytes(content)
-    source = SourceConfig(kind="files", dataset="transactions", columns=COLUMNS, key="tx_id", path=str(tmp_path))
+    source = DatasetConfig(name="tx", kind="files", columns={c: ColumnConfig() for c in COLUMNS}, key="tx_id",
+                           path=str(tmp_path))
     (file,) = [f for f in list_files("tx", source) if f.path.endswith(name)]
     return check_file(str(tmp_path), file)
 
@@ -65,7 +66,7 @@ logs.configure(Path(cfg.data_dir) / "logs" / "r1.jsonl")
 ray_runtime.start_when_needed(cfg.ray)
 lake = Lake(cfg.catalog)
 ctx = RunContext(cfg, lake, "r1", dt.datetime.now(dt.timezone.utc), "test", "test")
-source = cfg.sources["users"]
+source = cfg.datasets["users"]
 result = bronze.ingest(ctx, "users", source, bronze.plan(ctx, "users", source))
 print(json.dumps({"rows": result.rows, "units": result.units, "ray_started": ray.is_initialized(),
                   "snapshot": lake.current_snapshot_id("bronze.users")}))
@@ -83,7 +84,7 @@ def test_an_empty_query_result_commits_nothing_and_starts_no_ray(tmp_path):
         db.execute("CREATE TABLE users (user_id INTEGER, email TEXT, full_name TEXT, phone TEXT, birth_date TEXT, "
                    "country TEXT, signup_ts TEXT)")
     out = subprocess.run([sys.executable, "-c", EMPTY_QUERY_RUN, f"data_dir={tmp_path}",
-                          f"sources.users.uri=sqlite:///{tmp_path / 'app.db'}"],
+                          f"datasets.users.uri=sqlite:///{tmp_path / 'app.db'}"],
                          capture_output=True, text=True, cwd=root, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"rows": 0, "units": [], "ray_started": False,
@@ -91,8 +92,9 @@ def test_an_empty_query_result_commits_nothing_and_starts_no_ray(tmp_path):
     assert '"event": "query returned no rows, nothing to ingest"' in out.stderr
 
 
-def _sql_source(db, query: str, columns) -> SourceConfig:
-    return SourceConfig(kind="sql", dataset="users", uri=f"sqlite:///{db}", query=query, columns=list(columns))
+def _sql_source(db, query: str, columns) -> DatasetConfig:
+    return DatasetConfig(name="people", kind="sql", uri=f"sqlite:///{db}", query=query,
+                         columns={c: ColumnConfig() for c in columns}, key=list(columns)[0])
 
 
 def test_a_query_column_of_mixed_types_is_read_as_text_value_by_value(tmp_path):

@@ -19,10 +19,10 @@ COLUMNS = "user_id,email,full_name,phone,birth_date,country,signup_ts,updated_at
 def _config(root):
     return small_config(
         root, f"sample.output_dir={root / 'sample'}",
-        f"sources.users.uri=sqlite:///{root / 'app.db'}",
-        f'sources.users.query="SELECT {COLUMNS.replace(",", ", ")} FROM users"',
-        f"sources.users.columns=[{COLUMNS}]",
-        "sources.users.watermark_column=updated_at", "sources.users.watermark_lag_seconds=3600")
+        f"datasets.users.uri=sqlite:///{root / 'app.db'}",
+        f'datasets.users.query="SELECT {COLUMNS.replace(",", ", ")} FROM users"',
+        "+datasets.users.columns.updated_at={type: timestamp}",
+        "datasets.users.watermark_column=updated_at", "datasets.users.watermark_lag_seconds=3600")
 
 
 def _execute(root, sql: str, *params) -> None:
@@ -45,7 +45,7 @@ def _bronze_commits(cfg) -> list:
 
 def test_rows_past_the_watermark_and_late_rows_within_the_lag_are_read_once(tmp_path, ray_session):
     from pipelines.run import run
-    from pipelines.sample_data import generate
+    from examples.sample.generate import generate
 
     cfg = _config(tmp_path)
     generate(cfg.sample)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandera.pandas as pa
 
+from features.aggregations import KINDS
 from features.declarations import FeatureSet
 
 
@@ -16,7 +17,7 @@ def contract(fs: FeatureSet) -> pa.DataFrameSchema:
     non_negative = {
         name
         for agg in fs.aggregations
-        if agg.agg in ("count", "count_distinct", "days_since_last")
+        if KINDS[agg.agg].non_negative
         for name in agg.feature_names()
     }
     for name in fs.feature_dtypes():

@@ -36,9 +36,10 @@ class SchemaChangeError(PipelineError):
 class ColumnChange:
     new: Tuple[str, ...] = ()  # arriving, not in the table
     missing: Tuple[str, ...] = ()  # in the table, not arriving
+    redefined: Tuple[str, ...] = ()  # in both, computed differently (gold: a feature's definition changed)
 
     def __bool__(self) -> bool:
-        return bool(self.new or self.missing)
+        return bool(self.new or self.missing or self.redefined)
 
     def describe(self) -> str:
         parts = []
@@ -46,6 +47,8 @@ class ColumnChange:
             parts.append(f"new column(s) {list(self.new)}")
         if self.missing:
             parts.append(f"missing column(s) {list(self.missing)}")
+        if self.redefined:
+            parts.append(f"changed definition(s) of {list(self.redefined)}")
         return " and ".join(parts)
 
 

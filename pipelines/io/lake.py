@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import pyarrow as pa
@@ -19,24 +19,35 @@ import ray
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, ValidationException
 from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, GreaterThanOrEqual, LessThan
+from pyiceberg.io import FileIO
+from pyiceberg.manifest import DataFile
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
-from pyiceberg.table import Table
+from pyiceberg.table import Table, Transaction
+from pyiceberg.table.metadata import TableMetadata
+from pyiceberg.table.refs import MAIN_BRANCH, SnapshotRefType
 from pyiceberg.table.snapshots import ancestors_of
+from pyiceberg.table.update import (
+    AssertCurrentSchemaId,
+    AssertRefSnapshotId,
+    RemovePropertiesUpdate,
+    SetCurrentSchemaUpdate,
+    SetPropertiesUpdate,
+    SetSnapshotRefUpdate,
+)
 from pyiceberg.transforms import DayTransform
-from pyiceberg.io.pyarrow import pyarrow_to_schema
+from pyiceberg.io.pyarrow import _dataframe_to_data_files, pyarrow_to_schema  # pyiceberg is pinned (constraints.txt)
 from pyiceberg.table.name_mapping import MappedField, NameMapping
 from ray.data import SaveMode
 from ray.data._internal.datasource.iceberg_datasink import IcebergDatasink  # ray is pinned (constraints.txt)
 
 from pipelines import faults, ray_runtime
+from pipelines.commit_record import RECORDED_KEYS  # idempotency records (JSON lists) kept when snapshots expire
 from pipelines.config import CatalogConfig
 from pipelines.errors import PipelineError
 
 ROWS_PER_FILE = 1_000_000
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-# Snapshot properties that are idempotency records (JSON lists): kept when old snapshots expire.
-RECORDED_KEYS = ("ingested_units", "bronze_runs")
 TABLE_PROPERTIES = {
     "write.parquet.compression-codec": "zstd",
     "format-version": "2",
@@ -51,6 +62,9 @@ TABLE_PROPERTIES = {
     "commit.manifest-merge.enabled": "true",
     "commit.manifest.min-count-to-merge": "16",
 }
+# Snapshot property of a commit that replaced the table (`Lake.replace`): the table properties it changed,
+# as they were before (JSON, null = absent), so that a rollback past it restores them.
+REPLACED_PROPERTIES = "replaced_properties"
 
 
 @dataclass(frozen=True)
@@ -58,6 +72,7 @@ class TableSpec:
     identifier: str  # "<layer>.<name>"
     schema: pa.Schema
     day_partition: Optional[str] = None  # timestamp column partitioned by day(...)
+    properties: Dict[str, str] = field(default_factory=dict)  # table properties the writer records
 
 
 class CommitConflictError(PipelineError):
@@ -151,7 +166,8 @@ class Lake:
 
     def ensure(self, spec: TableSpec, evolve: bool = False) -> Table:
         """Create the table if it does not exist; refuse to write into one whose columns differ, except
-        that with `evolve` the columns the spec adds at the end are added to the table (as nullable)."""
+        that with `evolve` the columns the spec adds at the end are added to the table (as nullable).
+        The spec's properties are set on a new table, and on an existing one that lacks them."""
         namespace = spec.identifier.split(".")[0]
         self.catalog.create_namespace_if_not_exists(namespace)
         wanted = [f.name for f in spec.schema]
@@ -165,9 +181,12 @@ class Lake:
                 partition = PartitionSpec(
                     PartitionField(source.field_id, 1000, DayTransform(), f"{spec.day_partition}_day")
                 )
-            return self.catalog.create_table(
-                spec.identifier, schema=iceberg_schema, partition_spec=partition, properties=TABLE_PROPERTIES
-            )
+            return self.catalog.create_table(spec.identifier, schema=iceberg_schema, partition_spec=partition,
+                                             properties={**TABLE_PROPERTIES, **spec.properties})
+        missing = {k: v for k, v in spec.properties.items() if k not in table.properties}
+        if missing:  # a table written before its writer recorded them: they describe what is written now
+            with table.transaction() as tx:
+                tx.set_properties(missing)
         have = [f.name for f in table.schema().fields]
         if evolve and wanted[: len(have)] == have and len(wanted) > len(have):
             with table.update_schema() as update:
@@ -237,15 +256,9 @@ class Lake:
         """
         self.ensure(spec)
         ds = ds.materialize()
-        rows = ds.count()
-        if overwrite_filter is None and rows == 0:
+        if overwrite_filter is None and ds.count() == 0:
             return self.current_snapshot_id(spec.identifier)
-        # One data file per block (per partition value): small blocks are concatenated into batches of up
-        # to ROWS_PER_FILE rows inside the write tasks (a map fused with the write), so a run writes files
-        # of that size instead of one tiny file per source file or shuffle partition. (`repartition` did
-        # the same as a separate pass through the object store: 24 s of a 10M-row silver write.)
-        if ds.num_blocks() > max(1, -(-rows // ROWS_PER_FILE)):
-            ds = ds.map_batches(_as_is, batch_size=ROWS_PER_FILE, batch_format="pyarrow")
+        ds = _file_sized(ds)
         # ds.write_iceberg, with our commit step (retries, crash points): the same sink it builds
         ds.write_datasink(_CheckedIcebergSink(
             snapshot_properties.get("run_id", ""),
@@ -256,6 +269,58 @@ class Lake:
             overwrite_filter=overwrite_filter,
         ))
         return self.current_snapshot_id(spec.identifier)
+
+    def replace(self, ds: ray.data.Dataset, spec: TableSpec, snapshot_properties: Dict[str, str]) -> Optional[int]:
+        """Replace an existing table's columns (by `spec`, in place), its `spec.properties` and all its rows,
+        in one commit. Unlike dropping and re-creating the table, this keeps its history: every earlier
+        snapshot still reads with the schema it was written with, and `roll_back` can return to one."""
+        table = self.table(spec.identifier)
+        properties = {**snapshot_properties,
+                      REPLACED_PROPERTIES: json.dumps({k: table.properties.get(k) for k in spec.properties})}
+        tx = table.transaction()
+        _replace_columns(tx, spec.schema)
+        tx.set_properties(spec.properties)
+        ray_runtime.ensure()
+        metadata = tx.table_metadata  # the new schema: the data files are written with its field ids
+        written = ray.get([_data_files.remote(block, metadata, table.io)
+                           for block in _file_sized(ds.materialize()).to_arrow_refs()])
+        tx.delete(AlwaysTrue(), snapshot_properties=properties)
+        with tx.update_snapshot(snapshot_properties=properties).fast_append() as append:
+            for data_file in (f for files in written for f in files):
+                append.append_data_file(data_file)
+
+        def commit(_table: Table) -> None:
+            tx.commit_transaction()
+
+        commit_checked(table, commit, snapshot_properties.get("run_id", ""))
+        return self.current_snapshot_id(spec.identifier)
+
+    def roll_back(self, identifier: str, snapshot_id: int) -> None:
+        """Make `snapshot_id` the table's current snapshot again, in one commit, with the schema it was written
+        with and the table properties as they were before any `replace` since."""
+        table = self.table(identifier)
+        restored: Dict[str, Optional[str]] = {}
+        for undone in reversed(_intervening(table, snapshot_id) or []):  # newest first: the oldest record wins
+            record = undone.summary.additional_properties.get(REPLACED_PROPERTIES) if undone.summary else None
+            restored.update(json.loads(record or "{}"))
+        updates: List[Any] = [SetSnapshotRefUpdate(ref_name=MAIN_BRANCH, type=SnapshotRefType.BRANCH,
+                                                   snapshot_id=snapshot_id)]
+        schema_id = table.snapshot_by_id(snapshot_id).schema_id  # type: ignore[union-attr]
+        if schema_id is not None and schema_id != table.metadata.current_schema_id:
+            updates.append(SetCurrentSchemaUpdate(schema_id=schema_id))
+        if any(v is not None for v in restored.values()):
+            updates.append(SetPropertiesUpdate(updates={k: v for k, v in restored.items() if v is not None}))
+        if any(v is None for v in restored.values()):
+            updates.append(RemovePropertiesUpdate(removals=[k for k, v in restored.items() if v is None]))
+        current = table.current_snapshot()
+        requirements = (AssertRefSnapshotId(ref=MAIN_BRANCH, snapshot_id=current.snapshot_id if current else None),
+                        AssertCurrentSchemaId(current_schema_id=table.metadata.current_schema_id))
+        self.catalog.commit_table(table, requirements, tuple(updates))
+
+    def replaced_after(self, identifier: str, snapshot_id: int) -> bool:
+        """Whether a commit after `snapshot_id` in the current history replaced the table (`replace`)."""
+        newer = _intervening(self.table(identifier), snapshot_id) or []
+        return any(REPLACED_PROPERTIES in s.summary.additional_properties for s in newer if s.summary)
 
     def replace_all(self, data: pa.Table, spec: TableSpec, snapshot_properties: Dict[str, str]) -> Optional[int]:
         """Replace the whole content of a small table (a dimension) in one commit."""
@@ -348,6 +413,42 @@ def _history_properties(table: Table) -> List[Dict[str, str]]:
         return []
     history = list(ancestors_of(current, table.metadata))[::-1]
     return [dict(s.summary.additional_properties) for s in history if s.summary is not None]
+
+
+def _file_sized(ds: ray.data.Dataset) -> ray.data.Dataset:
+    """One data file is written per block (per partition value): small blocks are concatenated into batches
+    of up to ROWS_PER_FILE rows inside the write tasks (a map fused with the write), so a run writes files of
+    that size instead of one tiny file per source file or shuffle partition. (`repartition` did the same as a
+    separate pass through the object store: 24 s of a 10M-row silver write.)"""
+    if ds.num_blocks() > max(1, -(-ds.count() // ROWS_PER_FILE)):
+        return ds.map_batches(_as_is, batch_size=ROWS_PER_FILE, batch_format="pyarrow")
+    return ds
+
+
+@ray.remote
+def _data_files(block: pa.Table, metadata: TableMetadata, io: FileIO) -> List[DataFile]:
+    return list(_dataframe_to_data_files(table_metadata=metadata, df=block, io=io))
+
+
+def _replace_columns(tx: Transaction, wanted: pa.Schema) -> None:
+    """Stage in `tx`: the table's columns become `wanted`'s, in its order. A column that is gone or whose type
+    changed is deleted (its values stay in the earlier snapshots' files), then added anew with a new field id;
+    the two steps are separate because a move by name would otherwise find the deleted column."""
+    types = {f.name: f.field_type for f in _iceberg_schema(wanted).fields}
+    stale = [f.name for f in tx.table_metadata.schema().fields if types.get(f.name) != f.field_type]
+    if stale:
+        with tx.update_schema() as update:
+            for name in stale:
+                update.delete_column(name)
+    have = {f.name for f in tx.table_metadata.schema().fields}
+    with tx.update_schema() as update:
+        for name, field_type in types.items():
+            if name not in have:
+                update.add_column(name, field_type)
+        names = list(types)
+        update.move_first(names[0])
+        for previous, name in zip(names, names[1:]):
+            update.move_after(name, previous)
 
 
 def _iceberg_schema(schema: pa.Schema) -> Schema:

@@ -27,7 +27,7 @@ import ray
 import sqlalchemy
 
 from pipelines import ray_runtime
-from pipelines.config import SourceConfig
+from pipelines.config import DatasetConfig
 from pipelines.errors import SourceError
 from pipelines.io import row_hash
 
@@ -44,9 +44,9 @@ RESERVED_COLUMNS = {f.name for f in METADATA_FIELDS} | {"_failed_rules"}
 EXTENSIONS = {"csv": (".csv",), "parquet": (".parquet", ".parq")}
 
 
-def bronze_schema(source: SourceConfig, extras: Sequence[str] = ()) -> pa.Schema:
+def bronze_schema(source: DatasetConfig, extras: Sequence[str] = ()) -> pa.Schema:
     """The declared columns as text, the ingest metadata, then any columns bronze evolved to hold."""
-    return pa.schema([pa.field(c, pa.string()) for c in source.columns] + METADATA_FIELDS
+    return pa.schema([pa.field(c, pa.string()) for c in source.column_names] + METADATA_FIELDS
                      + [pa.field(c, pa.string()) for c in extras])
 
 
@@ -76,7 +76,7 @@ def _filesystem(path: str) -> Tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(path if "://" in path else f"file://{path}")
 
 
-def list_files(name: str, source: SourceConfig) -> List[SourceFile]:
+def list_files(name: str, source: DatasetConfig) -> List[SourceFile]:
     """Every data file of a files source, sorted by path, with its content hash."""
     fs, root = _filesystem(source.path or "")
     info = fs.get_file_info(root)
@@ -244,7 +244,7 @@ def with_metadata(table: pa.Table, columns: List[str], source: str, source_file:
                      else pa.nulls(n, f.type) for f in schema}, schema=schema)
 
 
-def read_files(name: str, source: SourceConfig, files: List[SourceFile], columns_by_file: Dict[str, List[str]],
+def read_files(name: str, source: DatasetConfig, files: List[SourceFile], columns_by_file: Dict[str, List[str]],
                expected: List[str], policy: str, schema: pa.Schema, run_id: str,
                ingested_at: dt.datetime) -> ray.data.Dataset:
     """One Ray task per file; the dataset's rows are bronze rows. `expected` are the table's data columns
@@ -256,7 +256,7 @@ def read_files(name: str, source: SourceConfig, files: List[SourceFile], columns
         _read_file_block,
         batch_size=1,
         batch_format="numpy",
-        fn_kwargs={"declared": list(source.columns), "expected": expected, "policy": policy, "source": name, "run_id": run_id,
+        fn_kwargs={"declared": list(source.column_names), "expected": expected, "policy": policy, "source": name, "run_id": run_id,
                    "ingested_at": ingested_at, "schema": schema},
     )
 
@@ -292,7 +292,7 @@ def redact_uri(uri: str) -> str:
         return uri
 
 
-def probe_query(name: str, source: SourceConfig) -> None:
+def probe_query(name: str, source: DatasetConfig) -> None:
     """Fail with one line, before any work, if the database or the query is not there."""
     uri = source.uri or ""
     if uri.startswith("sqlite:///"):
@@ -313,7 +313,7 @@ def _query_failed(name: str, uri: str, exc: Exception) -> SourceError:
     return SourceError(f"source {name!r}: query failed on {redact_uri(uri)}: {str(exc).splitlines()[0]}")
 
 
-def read_query(name: str, source: SourceConfig, since: Optional[str] = None) -> pa.Table:
+def read_query(name: str, source: DatasetConfig, since: Optional[str] = None) -> pa.Table:
     """Rows of a SQL source as text columns; with `since`, only the rows whose watermark column is at or
     after it (the comparison is the database's own). Read here, in the driver, as Ray Data's SQL reader
     would (one cursor, `fetchall`, Arrow's type inference, then text): a query without shard keys is one
@@ -340,7 +340,7 @@ def read_query(name: str, source: SourceConfig, since: Optional[str] = None) -> 
         engine.dispose()
     values = {column: [row[i] for row in rows] for i, column in enumerate(names)}
     text = {}
-    for column in source.columns:
+    for column in source.column_names:
         try:
             text[column] = _text_of(values[column]) if column in values else pa.nulls(len(rows), pa.string())
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:

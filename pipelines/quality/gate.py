@@ -95,10 +95,9 @@ def _sum(ctx: RunContext, identifier: str, runs: List[str], read: List[str], fn,
 
 
 def _units(ctx: RunContext, dataset: str, runs: Sequence[str]) -> int:
-    from pipelines.stages.bronze import INGESTED_UNITS
+    from pipelines.commit_record import history
 
-    return sum(len(json.loads(p.get(INGESTED_UNITS, "[]"))) for p in ctx.lake.snapshot_properties(f"bronze.{dataset}")
-               if p.get("run_id") in set(runs))
+    return sum(len(r.units) for r in history(ctx.lake, f"bronze.{dataset}") if r.run_id in set(runs))
 
 
 def _history(ctx: RunContext, name: str, runs: int) -> List[tuple]:
@@ -128,9 +127,11 @@ def _drift(ctx: RunContext, fs: FeatureSet, previous_snapshot: Optional[int], as
                              "no previous snapshot") for name in fs.feature_names()], []
     table = ctx.lake.table(identifier)
     previous = table.snapshot_by_id(previous_snapshot)
-    if previous is None or "as_of_last" not in previous.summary.additional_properties:  # rebuilt in this run
+    if previous is None or "as_of_last" not in previous.summary.additional_properties \
+            or ctx.lake.replaced_after(identifier, previous_snapshot):  # rebuilt: other columns or definitions
         return [checks.drift(f"{fs.name}.{name}", identifier, None, q.threshold, q.severity,
-                             "table rebuilt: no previous snapshot") for name in fs.feature_names()], []
+                             "table rebuilt: no previous snapshot of this declaration")
+                for name in fs.feature_names()], []
     props = previous.summary.additional_properties
     previous_as_of = dt.date.fromisoformat(props["as_of_last"])
 
@@ -160,9 +161,10 @@ def measure(ctx: RunContext, refined: List[Refined], built: Dict[str, object], s
     q = ctx.cfg.quality
     report = ReportData(ctx.run_id, True, [])
     for item in refined:
+        declared = ctx.cfg.datasets[item.dataset]
         bronze = f"bronze.{item.dataset}"
         rows = item.rows
-        overrides = q.completeness.columns.get(item.dataset, {})
+        overrides = declared.quality.completeness
         report.null_rates[bronze] = {c: 1 - item.present[c] / rows if rows else 0.0 for c in item.columns}
         for column in item.columns:
             report.checks.append(checks.completeness(item.dataset, column, item.present[column], rows,
@@ -170,24 +172,25 @@ def measure(ctx: RunContext, refined: List[Refined], built: Dict[str, object], s
                                                      q.completeness.severity))
         units = _units(ctx, item.dataset, item.bronze_runs)
         name = f"row_count.{item.dataset}"
-        change_feed = any(s.dataset == item.dataset and s.watermark_column for s in ctx.cfg.sources.values())
+        change_feed = bool(declared.watermark_column)
+        rebuilt = not item.bronze_runs  # a backfill re-refines what bronze holds: no files arrived
         history = _history(ctx, name, q.row_count.history_runs)
         report.checks.append(checks.row_count(item.dataset, rows / units if units else None,
                                               [v for _, v in history], q.row_count.band, q.row_count.severity,
                                               "rows past a watermark: a change feed has no usual size"
-                                              if change_feed else None))
+                                              if change_feed else "a backfill: no new files" if rebuilt else None))
         report.row_counts[f"{bronze} (rows per file)"] = [(r, int(v)) for r, v in history] \
             + [(ctx.run_id, int(rows / units) if units else 0)]
-        for column, bounds in q.ranges.get(item.dataset, {}).items():
+        for column, bounds in declared.quality.ranges.items():
             silver = f"silver.{item.dataset}"
             got = _sum(ctx, silver, item.bronze_runs, [column], _outside_counts, column=column, low=bounds.min,
                        high=bounds.max)
             report.checks.append(checks.value_range(item.dataset, column, int(got.get("outside", 0)),
                                                     int(got.get("_rows", 0)), bounds.min, bounds.max,
                                                     bounds.max_outside_fraction, bounds.severity))
-        sla = q.freshness.get(item.dataset)
-        if sla is not None:
-            latest = _latest_event(ctx, f"silver.{item.dataset}", sla.column)
+        sla = declared.quality.freshness
+        if sla is not None and declared.event_time:
+            latest = _latest_event(ctx, f"silver.{item.dataset}", declared.event_time)
             report.checks.append(checks.freshness(item.dataset, latest, ctx.cfg.cutoff_ts, sla.max_age_hours,
                                                   sla.severity))
     for fs in sets:
@@ -248,10 +251,10 @@ def roll_back(ctx: RunContext, before: Dict[str, Optional[int]]) -> List[str]:
         if not ctx.lake.exists(identifier):
             continue
         if snapshot is None or ctx.lake.table(identifier).snapshot_by_id(snapshot) is None:
-            ctx.lake.catalog.drop_table(identifier)  # created (or re-created by a rebuild) in this run
+            ctx.lake.catalog.drop_table(identifier)  # created in this run
             undone.append(identifier)
         elif ctx.lake.current_snapshot_id(identifier) != snapshot:
-            ctx.lake.table(identifier).manage_snapshots().set_current_snapshot(snapshot_id=snapshot).commit()
+            ctx.lake.roll_back(identifier, snapshot)  # with its schema and properties (a rebuilt gold table)
             undone.append(identifier)
     return undone
 

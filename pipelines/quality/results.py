@@ -10,9 +10,9 @@ SEVERITIES = ("warn", "fail")
 
 @dataclass(frozen=True)
 class CheckResult:
-    name: str  # unique in a run, e.g. "completeness.transactions.amount"
+    name: str  # unique in a run, e.g. "completeness.<dataset>.<column>"
     kind: str  # completeness | range | row_count | drift | freshness
-    table: str  # the table the check measures, e.g. "bronze.transactions"
+    table: str  # the table the check measures, e.g. "bronze.<dataset>"
     value: Optional[float]  # the measured value (None: nothing to measure, e.g. no history yet)
     threshold: str  # the bound in words, e.g. ">= 0.95" or "in [0.7, 1.3] x median 1650"
     severity: str  # warn | fail

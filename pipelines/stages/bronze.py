@@ -18,14 +18,13 @@ from pyiceberg.expressions import And, EqualTo, In
 
 
 from pipelines import logs, ray_runtime
-from pipelines.config import SourceConfig
+from pipelines.commit_record import INGESTED_UNITS, Unit, history
+from pipelines.config import DatasetConfig
 from pipelines.context import RunContext
 from pipelines.io import row_hash, sources
 from pipelines.io.lake import TableSpec
 from validation import schema_policy
 
-INGESTED_UNITS = "ingested_units"
-WATERMARK = "watermark"  # snapshot property of a watermarked SQL source's bronze commit
 
 
 @dataclass
@@ -34,12 +33,12 @@ class BronzeResult:
     units: List[str]
 
 
-def table_spec(source: SourceConfig, lake=None, extras: Sequence[str] = ()) -> TableSpec:
+def table_spec(source: DatasetConfig, lake=None, extras: Sequence[str] = ()) -> TableSpec:
     """bronze.<dataset>: the declared columns, metadata, and the columns it evolved to hold (read from
     the table when `lake` is given) plus `extras` about to be added."""
     base = sources.bronze_schema(source)
-    held = [c for c in lake.columns(f"bronze.{source.dataset}") if c not in base.names] if lake else []
-    return TableSpec(f"bronze.{source.dataset}", sources.bronze_schema(source, held + [c for c in extras
+    held = [c for c in lake.columns(f"bronze.{source.name}") if c not in base.names] if lake else []
+    return TableSpec(f"bronze.{source.name}", sources.bronze_schema(source, held + [c for c in extras
                                                                                          if c not in held]))
 
 
@@ -52,14 +51,14 @@ class FilePlan:
     """What a files source will ingest in this run, decided before anything is written."""
 
     name: str
-    source: SourceConfig
+    source: DatasetConfig
     new_files: List[sources.SourceFile]
     found: int
     columns_by_file: Dict[str, List[str]] = field(default_factory=dict)  # uri -> the file's columns
     new_columns: List[str] = field(default_factory=list)  # columns bronze evolves to hold in this run
 
 
-def plan(ctx: RunContext, name: str, source: SourceConfig):
+def plan(ctx: RunContext, name: str, source: DatasetConfig):
     """Check a source can be read, decide what is new, and apply the schema policies of bronze and silver
     to the new files' columns: raises a one-line error before any write."""
     spec = table_spec(source, ctx.lake)
@@ -84,18 +83,18 @@ def plan(ctx: RunContext, name: str, source: SourceConfig):
     return FilePlan(name, source, good, len(files), columns_by_file, new_columns)
 
 
-def _check_schema_policies(ctx: RunContext, source: SourceConfig, spec: TableSpec,
+def _check_schema_policies(ctx: RunContext, source: DatasetConfig, spec: TableSpec,
                            columns_by_file: Dict[str, List[str]]) -> List[str]:
     """Stop on a change a frozen layer would receive; return the columns bronze evolves to hold."""
     policy = ctx.cfg.schema_policy
     bronze_columns = sources.data_columns(spec.schema)
-    silver_columns = list(source.columns) + silver_extras(ctx, source)
+    silver_columns = list(source.column_names) + silver_extras(ctx, source)
     new_columns: List[str] = []
     for uri, names in columns_by_file.items():
         change = schema_policy.compare(names, bronze_columns)
         schema_policy.check_frozen("bronze", spec.identifier, policy.bronze, f"file {uri}", change)
         reaching_silver = names if policy.bronze == "evolve" else [c for c in names if c in bronze_columns]
-        schema_policy.check_frozen("silver", f"silver.{source.dataset}", policy.silver, f"file {uri}",
+        schema_policy.check_frozen("silver", f"silver.{source.name}", policy.silver, f"file {uri}",
                                    schema_policy.compare(reaching_silver, silver_columns))
         if policy.bronze == "evolve":
             new_columns += [c for c in change.new if c not in new_columns]
@@ -105,14 +104,15 @@ def _check_schema_policies(ctx: RunContext, source: SourceConfig, spec: TableSpe
     return new_columns
 
 
-def silver_extras(ctx: RunContext, source: SourceConfig) -> List[str]:
-    """Columns beyond the contract that silver.<dataset> evolved to carry."""
-    from validation.transactions import SILVER_SCHEMA
+def silver_extras(ctx: RunContext, source: DatasetConfig) -> List[str]:
+    """Columns beyond the declared ones (and lineage) that silver.<dataset> evolved to carry."""
+    from validation.contract import LINEAGE_FIELDS
 
-    return [c for c in ctx.lake.columns(f"silver.{source.dataset}") if c not in SILVER_SCHEMA.names]
+    contracted = set(source.column_names) | {f.name for f in LINEAGE_FIELDS}
+    return [c for c in ctx.lake.columns(f"silver.{source.name}") if c not in contracted]
 
 
-def ingest(ctx: RunContext, name: str, source: SourceConfig, file_plan: "FilePlan | None") -> BronzeResult:
+def ingest(ctx: RunContext, name: str, source: DatasetConfig, file_plan: "FilePlan | None") -> BronzeResult:
     if source.kind == "files":
         return _ingest_files(ctx, file_plan)  # type: ignore[arg-type]
     spec = table_spec(source)
@@ -132,8 +132,8 @@ def _ingest_files(ctx: RunContext, file_plan: FilePlan) -> BronzeResult:
     ds = sources.read_files(name, source, good, file_plan.columns_by_file, sources.data_columns(spec.schema),
                             ctx.cfg.schema_policy.bronze, spec.schema, ctx.run_id, ctx.started_at).materialize()
     rows = ds.count()
-    units = [{"uri": f.uri, "sha256": f.sha256, "columns": file_plan.columns_by_file[f.uri]} for f in good]
-    snapshot = ctx.lake.write(ds, spec, ctx.commit_properties(**{INGESTED_UNITS: units, "source": name}))
+    units = tuple(Unit(f.uri, f.sha256, tuple(file_plan.columns_by_file[f.uri])) for f in good)
+    snapshot = ctx.lake.write(ds, spec, ctx.commit_properties(source=name, units=units))
     ctx.wrote(spec.identifier, snapshot)
     log.info("bronze written", source=name, table=spec.identifier, rows=rows, files=len(good))
     return BronzeResult(rows, [f.uri for f in good])
@@ -141,21 +141,21 @@ def _ingest_files(ctx: RunContext, file_plan: FilePlan) -> BronzeResult:
 
 def _last_watermark(ctx: RunContext, spec: TableSpec, name: str) -> Optional[str]:
     """The watermark the last committed ingest of this source recorded (advanced only by a commit)."""
-    marks = [p.get(WATERMARK) for p in ctx.lake.snapshot_properties(spec.identifier) if p.get("source") == name]
+    marks = [r.watermark for r in history(ctx.lake, spec.identifier) if r.source == name]
     return sources.latest_watermark(marks + [ctx.lake.table(spec.identifier).properties.get(
-        f"recorded.{WATERMARK}.{name}")])
+        f"recorded.watermark.{name}")])
 
 
-def _ingest_query(ctx: RunContext, name: str, source: SourceConfig, spec: TableSpec) -> BronzeResult:
+def _ingest_query(ctx: RunContext, name: str, source: DatasetConfig, spec: TableSpec) -> BronzeResult:
     log = logs.get()
-    columns = list(source.columns)
+    columns = list(source.column_names)
     last = _last_watermark(ctx, spec, name) if source.watermark_column else None
     since = sources.shift_watermark(last, source.watermark_lag_seconds) if last else None
     rows = sources.read_query(name, source, since)
     unit_uri = f"{sources.redact_uri(source.uri or '')} :: {source.query}"
     # bronze's row hash covers the `_malformed_line` column too, null for database rows
     rows = rows.append_column("_malformed_line", pa.nulls(rows.num_rows, pa.string()))
-    extra: Dict[str, str] = {}
+    watermark: Optional[str] = None
     if source.watermark_column:
         # rows re-read inside the lag that bronze already holds are not appended again
         as_bronze = row_hash.row_hashes(rows, columns + ["_malformed_line"])
@@ -168,8 +168,7 @@ def _ingest_query(ctx: RunContext, name: str, source: SourceConfig, spec: TableS
         if rows.num_rows == 0:
             log.info("no rows past the watermark", source=name, watermark=last, read_since=since)
             return BronzeResult(0, [])
-        extra[WATERMARK] = sources.latest_watermark(
-            [last] + rows.column(source.watermark_column).to_pylist()) or ""
+        watermark = sources.latest_watermark([last] + rows.column(source.watermark_column).to_pylist()) or ""
     # The unit's content hash is the hash of its sorted row hashes: independent of row order.
     unit_hashes = row_hash.row_hashes(rows, columns).to_pylist() if rows.num_rows else []
     sha = hashlib.sha256("\n".join(sorted(unit_hashes)).encode()).hexdigest()
@@ -182,16 +181,15 @@ def _ingest_query(ctx: RunContext, name: str, source: SourceConfig, spec: TableS
     table = sources.with_metadata(rows, columns, name, unit_uri, sha, ctx.run_id, ctx.started_at, spec.schema)
     ray_runtime.ensure()
     snapshot = ctx.lake.write(ray.data.from_arrow(table), spec, ctx.commit_properties(
-        **{INGESTED_UNITS: [{"uri": unit_uri, "sha256": sha}], "source": name, **extra}))
+        source=name, units=(Unit(unit_uri, sha),), watermark=watermark))
     ctx.wrote(spec.identifier, snapshot)
-    log.info("bronze written", source=name, table=spec.identifier, rows=table.num_rows, **extra)
+    log.info("bronze written", source=name, table=spec.identifier, rows=table.num_rows, watermark=watermark)
     return BronzeResult(table.num_rows, [unit_uri])
 
 
 def pending_runs(ctx: RunContext, bronze_identifier: str, consumer_identifier: str) -> List[str]:
     """Bronze run ids whose rows the consumer table has not yet processed (recorded as `bronze_runs`)."""
-    produced = [p["run_id"] for p in ctx.lake.snapshot_properties(bronze_identifier)
-                if "run_id" in p and INGESTED_UNITS in p]
+    produced = [r.run_id for r in history(ctx.lake, bronze_identifier) if r.run_id and r.units]
     consumed = set(ctx.lake.recorded(consumer_identifier, "bronze_runs"))
     return [r for r in dict.fromkeys(produced) if r not in consumed]
 

@@ -6,7 +6,8 @@ and each group is computed by the pure engine in `features.engine`, vectorised o
 Idempotency and incrementality: gold records the bronze runs whose silver rows it reflects
 (`bronze_runs`). New silver rows on event days d1..d2 change exactly the as-of days d1+1 .. d2+W (W the
 longest window); that interval is recomputed from silver and replaces the same interval of gold in one
-commit. A changed declaration (different gold columns) rebuilds the table from scratch.
+commit. A changed declaration (different gold columns, or a feature whose definition's fingerprint differs
+from the one the table records) rebuilds the whole table, in place: the old snapshots stay reachable.
 """
 
 from __future__ import annotations
@@ -26,14 +27,19 @@ from ray.data.expressions import col
 
 from features.declarations import FeatureSet
 from features.engine import build_features, events_from_arrow, gold_arrow_schema, to_arrow
-from features.registry import feature_set
 from pipelines import digest, logs, ray_runtime
+from pipelines.commit_record import CommitRecord, history
+from pipelines.config import DatasetConfig
 from pipelines.context import RunContext
 from pipelines.io.lake import TableSpec, day_range, midnight
 from validation import schema_policy
 from validation.gold import contract as gold_contract
 
 DAY = dt.timedelta(days=1)
+# Table properties of gold: a sha256 of the whole declaration, and one per feature (JSON), to name the
+# features whose definitions changed (features.declarations.FeatureSet.fingerprint).
+FINGERPRINT = "medallion.declaration_fingerprint"
+FEATURE_FINGERPRINTS = "medallion.feature_fingerprints"
 SLICE_EVENTS = 2_000_000  # events per slice of entities when the slices are cut in the driver process
 
 
@@ -46,35 +52,53 @@ class GoldResult:
 
 
 def table_spec(fs: FeatureSet) -> TableSpec:
-    return TableSpec(f"gold.{fs.name}", gold_arrow_schema(fs), day_partition=fs.as_of_column)
+    """Gold's schema, and the fingerprints of the declaration it is computed from (table properties)."""
+    fingerprints = {FINGERPRINT: fs.fingerprint(), FEATURE_FINGERPRINTS: json.dumps(fs.feature_fingerprints())}
+    return TableSpec(f"gold.{fs.name}", gold_arrow_schema(fs), day_partition=fs.as_of_column, properties=fingerprints)
 
 
-def silver_day_range(ctx: RunContext, identifier: str) -> Optional[Tuple[dt.date, dt.date]]:
-    """First and last event day in silver, from partition metadata (no data read)."""
+def _redefined(ctx: RunContext, spec: TableSpec) -> Tuple[str, ...]:
+    """The features of both the table and the declaration whose definitions differ (by fingerprint). A table
+    written before fingerprints were recorded has none to compare: its columns alone decide."""
+    recorded = ctx.lake.table(spec.identifier).properties
+    if recorded.get(FINGERPRINT, spec.properties[FINGERPRINT]) == spec.properties[FINGERPRINT]:
+        return ()
+    held = json.loads(recorded.get(FEATURE_FINGERPRINTS, "{}"))
+    declared = json.loads(spec.properties[FEATURE_FINGERPRINTS])
+    return tuple(name for name, fingerprint in declared.items() if held.get(name, fingerprint) != fingerprint)
+
+
+def _declaration_changed(ctx: RunContext, spec: TableSpec) -> bool:
+    return ctx.lake.columns(spec.identifier) != spec.schema.names or bool(_redefined(ctx, spec))
+
+
+def silver_day_range(ctx: RunContext, events: DatasetConfig) -> Optional[Tuple[dt.date, dt.date]]:
+    """First and last event day in an events dataset's silver, from partition metadata (no data read)."""
+    identifier = f"silver.{events.name}"
     if not ctx.lake.exists(identifier) or ctx.lake.row_count(identifier) == 0:
         return None
+    field = f"{events.event_time}_day"  # the day partition (silver.silver_spec)
     partitions = ctx.lake.table(identifier).inspect.partitions().column("partition").to_pylist()
-    days = [dt.date(1970, 1, 1) + dt.timedelta(days=p["ts_day"]) if isinstance(p["ts_day"], int) else p["ts_day"]
+    days = [dt.date(1970, 1, 1) + dt.timedelta(days=p[field]) if isinstance(p[field], int) else p[field]
             for p in partitions]
     return min(days), max(days)
 
 
-def _changed_days(ctx: RunContext, silver_id: str, runs: List[str]) -> Optional[Tuple[dt.date, dt.date]]:
+def _changed_days(ctx: RunContext, silver_id: str, runs: List[str], event_time: str) -> Optional[Tuple[dt.date, dt.date]]:
     """Event days of the silver rows of these bronze runs: from the silver commits' `refined` records
     (no data read); from the rows themselves for commits without one."""
     days, covered = [], set()
-    for props in ctx.lake.snapshot_properties(silver_id):
-        consumed = set(json.loads(props.get("bronze_runs", "[]"))) & set(runs)
-        if consumed and "refined" in props:
-            record = json.loads(props["refined"])
+    for record in history(ctx.lake, silver_id):
+        consumed = set(record.bronze_runs) & set(runs)
+        if consumed and record.refined is not None:
             covered |= consumed
-            days += [dt.date.fromisoformat(record[k]) for k in ("first_day", "last_day") if record.get(k)]
+            days += [d for d in (record.refined.first_day, record.refined.last_day) if d is not None]
     if covered >= set(runs):
         return (min(days), max(days)) if days else None
-    ds = ctx.lake.read_ray(silver_id, In("_run_id", runs), ["ts"])
+    ds = ctx.lake.read_ray(silver_id, In("_run_id", runs), [event_time])
     if ds.count() == 0:
         return None
-    return ds.min("ts").date(), ds.max("ts").date()
+    return ds.min(event_time).date(), ds.max(event_time).date()
 
 
 def compute_local(events_table: pa.Table, fs: FeatureSet, first: dt.date, last: dt.date,
@@ -104,7 +128,14 @@ def compute_in_slices(events: pa.Table, fs: FeatureSet, first: dt.date, last: dt
     if not workers:
         return [compute_local(part, fs, first, last, entities) for part in parts]
     shared = ray.put(entities)
+    _ship_by_value(fs)
     return ray.get([_compute_slice.remote(part, fs, first, last, shared) for part in parts])
+
+
+def _ship_by_value(fs: FeatureSet) -> None:
+    """A feature set's derived functions live in its project's module, loaded from a file: Ray tasks
+    get them by value (a worker cannot import that module by name)."""
+    ray_runtime.pickle_by_value(sorted({d.fn.__module__ for d in fs.derived}))
 
 
 @ray.remote
@@ -127,9 +158,9 @@ def by_day_ranges(parts: List[pa.Table], column: str, pieces: int) -> List[pa.Ta
             for low, high in zip(edges[:-1], edges[1:])]
 
 
-def _compute_group(group: pa.Table, fs_name: str, first: dt.date, last: dt.date,
+def _compute_group(group: pa.Table, fs: FeatureSet, first: dt.date, last: dt.date,
                    entities: Optional[pd.DataFrame]) -> pa.Table:
-    return compute_local(group.drop_columns(["_bucket"]), feature_set(fs_name), first, last, entities)
+    return compute_local(group.drop_columns(["_bucket"]), fs, first, last, entities)
 
 
 def _with_bucket(batch: pa.Table, key: str, partitions: int) -> pa.Table:
@@ -145,55 +176,64 @@ def _with_bucket(batch: pa.Table, key: str, partitions: int) -> pa.Table:
 def compute_on_ray(events: ray.data.Dataset, fs: FeatureSet, first: dt.date, last: dt.date,
                    entities: Optional[pd.DataFrame], partitions: int) -> ray.data.Dataset:
     """Gold rows for as-of days [first, last]: hash-partition events by entity, compute each partition."""
+    _ship_by_value(fs)
     return (
         events.map_batches(_with_bucket, fn_kwargs={"key": fs.entity.join_key, "partitions": partitions},
                            batch_format="pyarrow")
         .groupby("_bucket", num_partitions=partitions)
-        .map_groups(_compute_group, fn_kwargs={"fs_name": fs.name, "first": first, "last": last,
+        .map_groups(_compute_group, fn_kwargs={"fs": fs, "first": first, "last": last,
                                                "entities": entities}, batch_format="pyarrow")
     )
 
 
-def absorb(result: GoldResult, commits: List[Dict[str, str]]) -> None:
+def absorb(result: GoldResult, commits: List[CommitRecord]) -> None:
     """Widen `result` by the gold commits of interrupted runs (run_state): publish and the gate then cover
     the as-of days those runs recomputed too. An overwrite is two snapshots (delete, append) with the same
     properties; the rows written are the append's."""
-    for props in commits:
-        if "as_of_first" not in props:
+    for record in commits:
+        if record.as_of is None:
             continue
-        first, last = dt.date.fromisoformat(props["as_of_first"]), dt.date.fromisoformat(props["as_of_last"])
+        first, last = record.as_of
         result.first_as_of = min(first, result.first_as_of) if result.first_as_of else first
         result.last_as_of = max(last, result.last_as_of) if result.last_as_of else last
-        result.rows_written += int(props.get("added-records", 0))
+        result.rows_written += record.added_records
 
 
 def check_schema(ctx: RunContext, fs: FeatureSet) -> None:
-    """Before any write: a declaration whose gold columns differ from the table's is a schema change.
-    freeze stops the run naming the columns; evolve lets `build` rebuild the table."""
+    """Before any write: a declaration whose gold columns, or whose features' definitions (fingerprints),
+    differ from the table's is a schema change. freeze stops the run naming them; evolve lets `build`
+    rebuild the table."""
     spec = table_spec(fs)
     have = ctx.lake.columns(spec.identifier)
-    if have and have != spec.schema.names:
-        change = schema_policy.compare(spec.schema.names, have)
-        where = f"feature set {fs.name!r}" + ("" if change else " (same columns, new order or types)")
-        if not change:
-            change = schema_policy.ColumnChange(new=tuple(spec.schema.names))
-        schema_policy.check_frozen("gold", spec.identifier, ctx.cfg.schema_policy.gold, where, change)
+    if not have:
+        return
+    change = schema_policy.compare(spec.schema.names, have)
+    where = f"feature set {fs.name!r}"
+    if not change and have != spec.schema.names:
+        where += " (same columns, new order)"
+        change = schema_policy.ColumnChange(new=tuple(spec.schema.names))
+    change = schema_policy.ColumnChange(change.new, change.missing, _redefined(ctx, spec))
+    schema_policy.check_frozen("gold", spec.identifier, ctx.cfg.schema_policy.gold, where, change)
 
 
-def build(ctx: RunContext, fs: FeatureSet) -> GoldResult:
+def build(ctx: RunContext, fs: FeatureSet, events: DatasetConfig) -> GoldResult:
+    """The as-of days that the silver rows of bronze runs gold has not seen change, recomputed and
+    replaced in one commit (`events` is the declaration of the dataset the feature set aggregates)."""
     log = logs.get().bind(feature_set=fs.name)
     spec = table_spec(fs)
     silver_id = f"silver.{fs.source_table}"
     result = GoldResult(spec.identifier)
-    data_days = silver_day_range(ctx, silver_id)
+    data_days = silver_day_range(ctx, events)
     if data_days is None:
         log.info("silver is empty, nothing to build")
         return result
     silver_runs = list(dict.fromkeys(ctx.lake.recorded(silver_id, "bronze_runs")))
     full = not ctx.lake.exists(spec.identifier)
-    if not full and [f.name for f in ctx.lake.table(spec.identifier).schema().fields] != spec.schema.names:
-        log.warning("declaration changed, rebuilding gold from scratch", table=spec.identifier)
-        ctx.lake.catalog.drop_table(spec.identifier)
+    # a changed declaration (check_schema let it through): every row is recomputed and the table's columns
+    # and rows replaced in one commit, in place, so a failed quality gate can still roll back to the old table
+    rebuild = not full and _declaration_changed(ctx, spec)
+    if rebuild:
+        log.warning("declaration changed, rebuilding gold", table=spec.identifier)
         full = True
     done = set() if full else set(ctx.lake.recorded(spec.identifier, "bronze_runs"))
     pending = [r for r in silver_runs if r not in done]
@@ -205,7 +245,7 @@ def build(ctx: RunContext, fs: FeatureSet) -> GoldResult:
     if full:
         first, last = lowest, highest
     else:
-        changed = _changed_days(ctx, silver_id, pending)
+        changed = _changed_days(ctx, silver_id, pending, str(events.event_time))
         if changed is None:
             first = last = None
         else:
@@ -216,9 +256,9 @@ def build(ctx: RunContext, fs: FeatureSet) -> GoldResult:
     gold = _compute(ctx, fs, first, last)
     result.rows_written = gold.count()
     replaces = (col(fs.as_of_column) >= midnight(first)) & (col(fs.as_of_column) <= midnight(last))
-    snapshot = ctx.lake.write(gold, spec, ctx.commit_properties(bronze_runs=pending, as_of_first=str(first),
-                                                                 as_of_last=str(last)),
-                              overwrite_filter=replaces)
+    properties = ctx.commit_properties(bronze_runs=tuple(pending), as_of=(first, last))
+    snapshot = ctx.lake.replace(gold, spec, properties) if rebuild else \
+        ctx.lake.write(gold, spec, properties, overwrite_filter=replaces)
     ctx.wrote(spec.identifier, snapshot)
     result.first_as_of, result.last_as_of = first, last
     log.info("gold written", table=spec.identifier, rows=result.rows_written, as_of_first=str(first),
@@ -256,17 +296,21 @@ def _compute(ctx: RunContext, fs: FeatureSet, first: dt.date, last: dt.date) -> 
     return compute_on_ray(events, fs, first, last, entities, ctx.cfg.ray.gold_partitions).materialize()
 
 
-def rebuild(ctx: RunContext, fs: FeatureSet, start: dt.date, end: dt.date) -> GoldResult:
+def rebuild(ctx: RunContext, fs: FeatureSet, events: DatasetConfig, start: dt.date, end: dt.date) -> GoldResult:
     """Backfill: recompute the as-of days that silver events on days [start, end) feed, and replace them in
     one commit, unless the recomputed rows equal what gold holds (then nothing is written)."""
     log = logs.get().bind(feature_set=fs.name)
     spec = table_spec(fs)
     silver_id = f"silver.{fs.source_table}"
     result = GoldResult(spec.identifier)
-    data_days = silver_day_range(ctx, silver_id)
+    data_days = silver_day_range(ctx, events)
     if data_days is None or not ctx.lake.exists(spec.identifier):
         log.info("nothing to backfill: run the pipeline first", table=spec.identifier)
         return result
+    if _declaration_changed(ctx, spec):  # an interval of new definitions would sit among old ones
+        raise schema_policy.SchemaChangeError(
+            f"backfill stopped: feature set {fs.name!r} is declared differently from what {spec.identifier} "
+            "holds; `medallion run schema_policy.gold=evolve` rebuilds the table")
     first = max(data_days[0] + DAY, start + DAY)
     last = min(data_days[1] + DAY, end - DAY + fs.max_window_days() * DAY)
     if first > last:
@@ -280,8 +324,8 @@ def rebuild(ctx: RunContext, fs: FeatureSet, start: dt.date, end: dt.date) -> Go
                  as_of_last=str(last))
         return result
     replaces = (col(fs.as_of_column) >= midnight(first)) & (col(fs.as_of_column) <= midnight(last))
-    snapshot = ctx.lake.write(gold, spec, ctx.commit_properties(backfill=f"{start}..{end}", as_of_first=str(first),
-                                                                 as_of_last=str(last)), overwrite_filter=replaces)
+    snapshot = ctx.lake.write(gold, spec, ctx.commit_properties(backfill=(start, end), as_of=(first, last)),
+                              overwrite_filter=replaces)
     ctx.wrote(spec.identifier, snapshot)
     result.first_as_of, result.last_as_of, result.rows_written = first, last, gold.count()
     log.info("gold backfilled", table=spec.identifier, rows=result.rows_written, as_of_first=str(first),

@@ -71,8 +71,9 @@ class ProdSetup:
         return ["profile=prod", f"data_dir={data_dir}", *SMALL,
                 f"catalog.name={self.session}_{name}",
                 f"catalog.warehouse=s3://{bucket}/{self.session}/{name}/warehouse",
-                f"sources.transactions.path=s3://{bucket}/{self.session}/landing/transactions",
-                f"sources.users.query='{USERS_QUERY.format(table=self.session + '.users')}'"]
+                f"datasets.transactions.path=s3://{bucket}/{self.session}/landing/transactions",
+                f"datasets.users.uri={self.env['MEDALLION_USERS_DB_URI']}",
+                f"datasets.users.query='{USERS_QUERY.format(table=self.session + '.users')}'"]
 
     def run(self, name: str, data_dir: Path, *extra: str, env: Dict[str, str] | None = None):
         return subprocess.run([sys.executable, "-m", "pipelines", "run", *self.overrides(name, data_dir), *extra],
@@ -92,7 +93,7 @@ def summary_of(out) -> dict:
 def prod(stack, tmp_path_factory) -> ProdSetup:
     """The small standard case (same sample and boundary events as the local `pipeline_run`), staged where a
     prod run reads it: transaction files in the object store, users in the PostgreSQL application database."""
-    from pipelines.sample_data import generate
+    from examples.sample.generate import generate
     from tests.conftest import small_config
 
     session = f"t{uuid.uuid4().hex[:10]}"
@@ -100,15 +101,15 @@ def prod(stack, tmp_path_factory) -> ProdSetup:
     cfg = small_config(local)
     generate(cfg.sample)
     header = "tx_id,user_id,merchant_id,amount,currency,channel,ts"
-    (Path(cfg.sample.output_dir) / "transactions" / "boundary.csv").write_text(
+    (Path(cfg.sample['output_dir']) / "transactions" / "boundary.csv").write_text(
         "\n".join([header, *BOUNDARY_LINES]) + "\n")
     env = {**os.environ, **stack}
     staged = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "stage_sample.py"), cfg.sample.output_dir,
+        [sys.executable, str(ROOT / "scripts" / "stage_sample.py"), cfg.sample['output_dir'],
          f"s3://{stack['MEDALLION_BUCKET']}/{session}/landing", stack["MEDALLION_USERS_DB_URI"], f"{session}.users"],
         capture_output=True, text=True, cwd=ROOT, env=env)
     assert staged.returncode == 0, staged.stderr[-2000:]
-    return ProdSetup(env, session, Path(cfg.sample.output_dir))
+    return ProdSetup(env, session, Path(cfg.sample['output_dir']))
 
 
 def prod_catalog(summary: dict, stack: Dict[str, str]):

@@ -19,9 +19,10 @@ LOCATIONS = {
     "MEDALLION_WAREHOUSE": "s3://bucket/warehouse",
     "MEDALLION_REDIS": f"{CLOSED},db=0",
     "MLFLOW_TRACKING_URI": f"http://{CLOSED}",
-    "MEDALLION_LANDING": "s3://bucket/landing",
-    "MEDALLION_USERS_DB_URI": f"postgresql+psycopg2://nobody@{CLOSED}/app",
 }
+# where the sample project's sources are in production: set per deployment, like any dataset's location
+SAMPLE_SOURCES = ["datasets.transactions.path=s3://bucket/landing/transactions",
+                  f"datasets.users.uri=postgresql+psycopg2://nobody@{CLOSED}/app"]
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "cred-key-5150", "AWS_SECRET_ACCESS_KEY": "cred-secret-8311",
                "PIPELINE_PII_KEY": "cred-pii-2207"}
 
@@ -32,7 +33,7 @@ def prod_env(monkeypatch, tmp_path):
         monkeypatch.delenv(name, raising=False)
     for name, value in {**LOCATIONS, **CREDENTIALS}.items():
         monkeypatch.setenv(name, value)
-    return ["profile=prod", f"data_dir={tmp_path}"]
+    return ["profile=prod", f"data_dir={tmp_path}", *SAMPLE_SOURCES]
 
 
 def _error(capsys, argv) -> str:
@@ -57,17 +58,32 @@ def test_a_missing_location_variable_is_named(prod_env, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("override, named", [
-    ("sources.transactions.path=/landing/transactions", "sources.transactions.path='/landing/transactions'"),
+    ("datasets.transactions.path=/landing/transactions", "datasets.transactions.path='/landing/transactions'"),
     ("catalog=sqlite", "catalog.warehouse="),
     ("catalog.warehouse=file:///lake", "catalog.warehouse='file:///lake'"),
     ("online_store=sqlite", "online_store.type='sqlite' must be redis"),
     ("registry=file", "registry.type='file' must be sql"),
     ("tracking=local", "tracking.tracking_uri='sqlite:///"),
-    ("sources.users.uri=sqlite:///users.db", "sources.users.uri must name a database server"),
+    ("datasets.users.uri=sqlite:///users.db", "datasets.users.uri must name a database server"),
 ])
 def test_nothing_on_the_drivers_disk(prod_env, capsys, override, named):
     err = _error(capsys, ["run", *prod_env, override])
     assert err.startswith("error: config error: profile=prod: ") and named in err, err
+
+
+def test_a_prod_run_needs_its_logical_date(prod_env, capsys, tmp_path):
+    """A project of one's own carries no sample's cutoff: in prod the run's logical date must be given (a
+    default would quarantine every event after it, or let the wall clock decide run by run)."""
+    from pipelines.project_template import write_project
+
+    project = write_project(tmp_path / "project")
+    settings = project / "conf" / "project.yaml"
+    settings.write_text("\n".join(line for line in settings.read_text().splitlines() if not line.startswith("cutoff")))
+    sources = ["datasets.orders.path=s3://bucket/orders", "datasets.customers.path=s3://bucket/customers"]
+    err = _error(capsys, ["run", "--project", str(project), "profile=prod", f"data_dir={tmp_path}", *sources])
+    assert err.startswith("error: config error: profile=prod: cutoff must be set"), err
+    assert main(["config", "--project", str(project), "profile=prod", f"data_dir={tmp_path}", *sources,
+                 "cutoff=2026-05-01T00:00:00Z"]) == 0
 
 
 def test_a_missing_ray_address_is_named(prod_env, monkeypatch, capsys):

@@ -19,7 +19,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.config import SampleConfig
+from dataclasses import dataclass, fields
+from typing import Any, Mapping, Union
 
 COUNTRIES = ["DE", "FR", "GB", "SE", "CH", "NL", "ES", "IT", "US", "PL"]
 CURRENCIES = ["EUR", "EUR", "EUR", "USD", "GBP", "CHF", "SEK"]
@@ -31,6 +32,32 @@ DIRT_KINDS = ["missing_user_id", "non_positive_amount", "bad_ts", "unknown_curre
 EXPECTED_RULE = {"missing_user_id": "user_id_present", "non_positive_amount": "amount_in_range",
                  "bad_ts": "ts_parseable", "unknown_currency": "currency_known", "unknown_channel": "channel_known",
                  "unknown_user": "user_id_known", "duplicate": "duplicate", "malformed_line": "line_well_formed"}
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """The sample project's `sample:` settings (examples/sample/conf/project.yaml)."""
+
+    output_dir: str
+    seed: int = 7
+    n_users: int = 2000
+    n_transactions: int = 200_000
+    days: int = 120
+    start_date: str = "2026-01-01"
+    n_merchants: int = 300
+    dirt_fraction: float = 0.01
+    parquet_every: int = 2  # every n-th day is written as Parquet, the others as CSV
+
+    @staticmethod
+    def of(settings: Union["SampleConfig", Mapping[str, Any]]) -> "SampleConfig":
+        if isinstance(settings, SampleConfig):
+            return settings
+        known = {f.name: f.type for f in fields(SampleConfig)}
+        unknown = sorted(set(settings) - set(known))
+        if unknown:
+            raise ValueError(f"sample settings: unknown key(s) {unknown} (known: {sorted(known)})")
+        types = {"int": int, "float": float, "str": str}
+        return SampleConfig(**{k: types[str(known[k])](v) for k, v in settings.items()})
 
 
 def users_frame(cfg: SampleConfig, rng: np.random.Generator) -> pd.DataFrame:
@@ -140,8 +167,9 @@ def _parquet_table(day: pd.DataFrame) -> pa.Table:
     })
 
 
-def generate(cfg: SampleConfig, days: List[int] | None = None) -> Dict[str, object]:
-    """Write the data set under cfg.output_dir (replacing it); `days` limits which day files are written."""
+def generate(settings: Union[SampleConfig, Mapping[str, Any]], days: List[int] | None = None) -> Dict[str, object]:
+    """Write the data set under output_dir (replacing it); `days` limits which day files are written."""
+    cfg = SampleConfig.of(settings)
     out = Path(cfg.output_dir)
     if out.exists() and days is None:
         shutil.rmtree(out)
