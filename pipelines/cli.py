@@ -116,7 +116,7 @@ def _command(args: argparse.Namespace, overrides: List[str]) -> None:
         from examples.sample.generate import generate
 
         summary = generate(cfg.sample)
-        print(json.dumps({"output_dir": cfg.sample.output_dir, "files": len(summary["files"]),
+        print(json.dumps({"output_dir": cfg.sample["output_dir"], "files": len(summary["files"]),
                           "planted_dirty_rows": len(summary["planted"]),
                           **{k: v for k, v in summary.items() if isinstance(v, int)}}))
     elif args.command in ("maintain", "erase"):
