@@ -72,7 +72,8 @@ def test_workers_run_the_code_shipped_by_the_driver(stack, prod):
         import pipelines
         from pipelines import ray_runtime
         from pipelines.config import load_config
-        cfg = load_config(["profile=prod"])
+        cfg = load_config(["profile=prod", f"datasets.transactions.path={os.environ['MEDALLION_LANDING']}/tx",
+                           f"datasets.users.uri={os.environ['MEDALLION_USERS_DB_URI']}"])
         ray_runtime.start(cfg.ray)
 
         @ray.remote(num_cpus=1)
