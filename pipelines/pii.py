@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Mapping
 
 import pandas as pd
+import pyarrow as pa
 
 from pipelines.errors import ConfigError
 
@@ -45,10 +46,8 @@ def tokenize(values: pd.Series, key: bytes) -> pd.Series:
     return values.astype(object).map(token)
 
 
-def protect(table: "pa.Table", methods: Mapping[str, str], key: bytes) -> "pa.Table":
+def protect(table: pa.Table, methods: Mapping[str, str], key: bytes) -> pa.Table:
     """The declared PII columns of `table` protected: `hmac` -> token, `drop` -> null (type kept)."""
-    import pyarrow as pa
-
     for column, method in methods.items():
         if column not in table.column_names:
             continue

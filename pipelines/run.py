@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import gc
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass

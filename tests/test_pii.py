@@ -37,3 +37,16 @@ def test_tokens_are_hmac_sha256_stable_and_keyed():
     expected = hmac.new(b"k1", b"anna@example.org", hashlib.sha256).hexdigest()
     assert tokens.tolist() == [expected, None, expected, hmac.new(b"k1", b"ben@example.org", hashlib.sha256).hexdigest()]
     assert tokenize(values, b"k2")[0] != expected
+
+
+def test_protect_tokenizes_or_drops_each_declared_column_and_leaves_the_rest():
+    import pyarrow as pa
+
+    from pipelines.pii import protect
+
+    table = pa.table({"email": ["a@x.org", None], "born": pa.array([19, 20], pa.int64()), "city": ["Oslo", "Rome"]})
+    got = protect(table, {"email": "hmac", "born": "drop"}, b"k")
+    expected = hmac.new(b"k", b"a@x.org", "sha256").hexdigest()  # by hand, from the standard library
+    assert got.column("email").to_pylist() == [expected, None]
+    assert got.column("born").to_pylist() == [None, None] and got.schema.field("born").type == pa.int64()
+    assert got.column("city").to_pylist() == ["Oslo", "Rome"]

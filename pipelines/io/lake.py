@@ -42,7 +42,6 @@ from ray.data import SaveMode
 from ray.data._internal.datasource.iceberg_datasink import IcebergDatasink  # ray is pinned (constraints.txt)
 
 from pipelines import faults, ray_runtime
-from pipelines.commit_record import RECORDED_KEYS  # idempotency records (JSON lists) kept when snapshots expire
 from pipelines.config import CatalogConfig
 from pipelines.errors import PipelineError
 
