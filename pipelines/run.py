@@ -139,6 +139,8 @@ def _locked(cfg: PipelineConfig, plan: Slice, sets: List[FeatureSet], run_id: st
         plans = {name: bronze.plan(ctx, name, source) for name, source in cfg.datasets.items()} \
             if plan.kind == "run" else {}
         for fs in sets:
+            if plan.kind == "backfill":
+                gold.check_backfill(ctx, fs)
             gold.check_schema(ctx, fs)
     # From here on tables change: the open-run record lets a rerun after a crash resume this run, and
     # holds what the gate rolls the tables back to if the data fails a blocking check.

@@ -22,7 +22,7 @@ from tests.test_pipeline_e2e import _assert_gold_equals_oracle
 pytestmark = pytest.mark.e2e
 GOLD = "gold.user_spend_daily"
 NEXT_DAY = "cutoff=2026-01-22T00:00:00Z"  # the new batch holds the events of 2026-01-21
-FROZEN = "(schema_policy.gold=freeze; set evolve, discard_value or discard_row to accept it)"
+FROZEN = "(schema_policy.gold=freeze; set evolve to accept it)"
 
 
 def _changed(fs: FeatureSet, aggregation: str, **changes) -> FeatureSet:
@@ -97,3 +97,24 @@ def test_a_redefined_feature_stops_a_frozen_gold_and_evolve_rebuilds_it(base, mo
     assert properties["medallion.declaration_fingerprint"] == mean.fingerprint()
     assert json.loads(properties["medallion.feature_fingerprints"]) == mean.feature_fingerprints()
     assert run(small_config(base.data_dir))["new_data"] is False  # frozen again, nothing changed: no rebuild
+
+
+def test_a_backfill_under_a_changed_declaration_stops_before_any_write(base, monkeypatch):
+    from pipelines.io.lake import Lake
+    from pipelines.run import backfill
+    from validation.schema_policy import SchemaChangeError
+
+    lake = Lake(base.catalog)
+    snapshots = {".".join(t): lake.table(".".join(t)).current_snapshot().snapshot_id
+                 for ns in ("bronze", "silver", "quarantine", "gold") for t in lake.catalog.list_tables(ns)}
+    # a window more: other than every declaration the tests above left gold built by
+    _declare(monkeypatch, base, _changed(feature_set("user_spend_daily"), "spend", windows=("7d", "14d", "30d", "90d")))
+    with pytest.raises(SchemaChangeError) as stopped:  # evolve too: a backfill rebuilds an interval, not the table
+        backfill(small_config(base.data_dir, "schema_policy.gold=evolve", "backfill.start=2026-01-01",
+                              "backfill.end=2026-02-01",
+                              "datasets.transactions.columns.amount.range.max=150"))  # silver would change
+    assert str(stopped.value) == (
+        "backfill stopped: feature set 'user_spend_daily' is declared differently from what gold.user_spend_daily "
+        "holds; `medallion run schema_policy.gold=evolve` rebuilds the table")
+    lake = Lake(base.catalog)
+    assert {i: lake.table(i).current_snapshot().snapshot_id for i in snapshots} == snapshots

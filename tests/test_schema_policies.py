@@ -124,7 +124,7 @@ def test_silver_freeze_stops_before_any_write_naming_the_column(tmp_path, ray_se
     assert str(stopped.value) == (
         f"schema change stopped the run: file {Path(cfg.sample['output_dir']) / 'transactions' / 'new_column.csv'} "
         "has new column(s) ['coupon'], and silver.transactions is frozen (schema_policy.silver=freeze; set "
-        "evolve, discard_value or discard_row to accept it)")
+        "evolve, discard_row or discard_value to accept it)")
     assert _no_tables(cfg)
     (Path(cfg.sample['output_dir']) / "transactions" / "new_column.csv").unlink()
     (Path(cfg.sample['output_dir']) / "transactions" / "missing_column.csv").write_text(MISSING_COLUMN)
@@ -143,7 +143,8 @@ def test_bronze_freeze_and_discard_value(tmp_path, ray_session):
     from pipelines.run import run
 
     cfg = _setup(tmp_path, "schema_policy.bronze=freeze", "schema_policy.silver=evolve", files=("new",))
-    with pytest.raises(SchemaChangeError, match=r"new column\(s\) \['coupon'\], and bronze.transactions is frozen"):
+    with pytest.raises(SchemaChangeError, match=r"new column\(s\) \['coupon'\], and bronze.transactions is frozen "
+                       r"\(schema_policy.bronze=freeze; set evolve or discard_value to accept it\)$"):
         run(cfg)
     assert _no_tables(cfg)
     summary = run(load_config([f"data_dir={tmp_path}", *TINY, "schema_policy.bronze=discard_value",
@@ -203,7 +204,7 @@ def test_gold_freeze_names_the_features_whose_definitions_changed_under_the_same
     assert str(stopped.value) == (  # the derived share reads the redefined revenue: it changes too
         "schema change stopped the run: feature set 'merchant_activity' has changed definition(s) of "
         "['web_revenue_30d', 'web_share_30d'], and gold.merchant_activity is frozen (schema_policy.gold=freeze; "
-        "set evolve, discard_value or discard_row to accept it)")
+        "set evolve to accept it)")
     gold.check_schema(_gold_context(tmp_path, "evolve"), app_revenue)
 
 

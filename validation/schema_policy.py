@@ -62,7 +62,13 @@ def check_frozen(layer: str, table: str, policy: str, where: str, change: Column
     if policy == "freeze" and change:
         raise SchemaChangeError(
             f"schema change stopped the run: {where} has {change.describe()}, and {table} is frozen "
-            f"(schema_policy.{layer}=freeze; set evolve, discard_value or discard_row to accept it)")
+            f"(schema_policy.{layer}=freeze; set {_accepting(layer)} to accept it)")
+
+
+def _accepting(layer: str) -> str:
+    """The policies `layer` allows that accept a change (gold cannot discard a feature's values)."""
+    others = [p for p in ALLOWED[layer] if p != "freeze"]
+    return others[0] if len(others) == 1 else ", ".join(others[:-1]) + " or " + others[-1]
 
 
 def conform(table: pa.Table, expected: Sequence[str], policy: str) -> pa.Table:

@@ -216,6 +216,16 @@ def check_schema(ctx: RunContext, fs: FeatureSet) -> None:
     schema_policy.check_frozen("gold", spec.identifier, ctx.cfg.schema_policy.gold, where, change)
 
 
+def check_backfill(ctx: RunContext, fs: FeatureSet) -> None:
+    """Before a backfill writes anything (silver included): an interval recomputed by a changed declaration
+    would sit among rows of the old one, whatever the gold policy; a run under evolve rebuilds all of it."""
+    spec = table_spec(fs)
+    if ctx.lake.exists(spec.identifier) and _declaration_changed(ctx, spec):
+        raise schema_policy.SchemaChangeError(
+            f"backfill stopped: feature set {fs.name!r} is declared differently from what {spec.identifier} "
+            "holds; `medallion run schema_policy.gold=evolve` rebuilds the table")
+
+
 def build(ctx: RunContext, fs: FeatureSet, events: DatasetConfig) -> GoldResult:
     """The as-of days that the silver rows of bronze runs gold has not seen change, recomputed and
     replaced in one commit (`events` is the declaration of the dataset the feature set aggregates)."""
@@ -307,10 +317,6 @@ def rebuild(ctx: RunContext, fs: FeatureSet, events: DatasetConfig, start: dt.da
     if data_days is None or not ctx.lake.exists(spec.identifier):
         log.info("nothing to backfill: run the pipeline first", table=spec.identifier)
         return result
-    if _declaration_changed(ctx, spec):  # an interval of new definitions would sit among old ones
-        raise schema_policy.SchemaChangeError(
-            f"backfill stopped: feature set {fs.name!r} is declared differently from what {spec.identifier} "
-            "holds; `medallion run schema_policy.gold=evolve` rebuilds the table")
     first = max(data_days[0] + DAY, start + DAY)
     last = min(data_days[1] + DAY, end - DAY + fs.max_window_days() * DAY)
     if first > last:
