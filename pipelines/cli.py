@@ -39,7 +39,9 @@ overrides (Hydra syntax, any number, after the command):
   ray.address=ray://head:10001    join an existing Ray cluster instead of starting one
 
 exit codes: 0 done; 2 bad configuration, input or state (one line on stderr); 3 quality gate failed
-(nothing published); 4 another run holds the catalog.
+(nothing published); 4 another run holds the catalog; 5 done, but files were rejected (status
+succeeded_with_rejections; the files and reasons in the summary and in quality.files_not_ingested).
+exit_codes.quarantined_rows=N makes quarantined rows end a run with N too (default 0).
 
 examples:
   medallion init ~/my-features && medallion run --project ~/my-features
@@ -65,9 +67,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.command == "init":
             return _init(args.overrides)
-        for overrides in _jobs(args.overrides, args.multirun):
-            _command(args, overrides)
-        return 0
+        codes = [_command(args, overrides) for overrides in _jobs(args.overrides, args.multirun)]
+        return next((c for c in codes if c), 0)
     except (PipelineError, FeatureDeclarationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)  # 3: a quality gate stopped the run; 4: locked; 2: anything else
@@ -101,7 +102,8 @@ def _jobs(overrides: List[str], multirun: bool) -> List[List[str]]:
         raise ConfigError(f"config error: {str(exc).splitlines()[0]}") from None
 
 
-def _command(args: argparse.Namespace, overrides: List[str]) -> None:
+def _command(args: argparse.Namespace, overrides: List[str]) -> int:
+    """Carry out one job; its exit code (a run that succeeded with rejections may end with a non-zero one)."""
     from pipelines.config import load_config, resolved_dict
 
     cfg = load_config(overrides, args.project)
@@ -132,11 +134,16 @@ def _command(args: argparse.Namespace, overrides: List[str]) -> None:
         if not (cfg.backfill.month or cfg.backfill.start):
             raise ConfigError("config error: backfill needs backfill.start=YYYY-MM-DD backfill.end=YYYY-MM-DD "
                               "or backfill.month=YYYY-MM")
-        print(json.dumps(backfill(cfg), default=str), flush=True)
+        summary = backfill(cfg)
+        print(json.dumps(summary, default=str), flush=True)
+        return int(summary["exit_code"])
     else:
         from pipelines.run import run
 
-        print(json.dumps(run(cfg), default=str), flush=True)
+        summary = run(cfg)
+        print(json.dumps(summary, default=str), flush=True)
+        return int(summary["exit_code"])
+    return 0
 
 
 if __name__ == "__main__":

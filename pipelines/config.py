@@ -45,7 +45,7 @@ class ColumnConfig:
 
     Each rule quarantines under a name, `<column>_<rule>` unless `rule_names` renames it:
     present (required), parseable (the type), known (references), in_range, allowed, pattern, decimals,
-    not_after_cutoff. A column that is not `required` accepts a missing value (null, blank or a null token).
+    not_before, not_after_cutoff. A column that is not `required` accepts a missing value (null, blank or a null token).
     """
 
     type: str = "string"  # string | integer | float | boolean | date | timestamp | decimal(p,s)
@@ -55,6 +55,7 @@ class ColumnConfig:
     allowed: Optional[List[str]] = None  # exact text values (inline, or ${...} from config)
     pattern: Optional[str] = None  # a regular expression the whole value must match (RE2)
     max_decimals: Optional[int] = None  # digits after the decimal point, as the source wrote the value
+    not_before: Optional[str] = None  # date or timestamp: at or after this ISO-8601 date or instant (UTC)
     not_after_cutoff: bool = False  # timestamp: before the run's cutoff (its logical end, exclusive)
     references: Optional[str] = None  # <dataset>.<column>: the value must be a key of that dataset's silver
     rule_names: Dict[str, str] = field(default_factory=dict)  # rule -> the name quarantine records
@@ -230,7 +231,8 @@ class RayConfig:
 
 @dataclass
 class RowCountConfig:
-    """Rows per ingested file against the median of the last `history_runs` passing runs."""
+    """Rows per ingested file against the median of the last `history_runs` runs that passed every check
+    (a run let through by a `warn` is not a norm to learn)."""
 
     history_runs: int = 5
     band: float = 0.3  # allowed relative deviation from that median
@@ -258,6 +260,9 @@ class AlertsConfig:
 class QualityConfig:
     """The gate's settings; checks about one dataset are part of its declaration (`datasets.<name>.quality`)."""
 
+    # A share (completeness, values outside a range) of fewer rows is reported, not judged: one malformed
+    # line in a 6-row file is 17% of it, and says nothing about the source.
+    min_rows: int = 100
     completeness: CompletenessConfig = field(default_factory=CompletenessConfig)
     row_count: RowCountConfig = field(default_factory=RowCountConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
@@ -304,6 +309,16 @@ class BackfillConfig:
 
 
 @dataclass
+class ExitCodesConfig:
+    """The exit code of a run that succeeded with rejections, so a scheduler can tell it from a clean one.
+    Rejected files are a delivery someone must look at; quarantined rows are the rules doing their work
+    (the shipped sample has dirt on purpose), so by default they leave the exit code at 0."""
+
+    rejected_files: int = 5
+    quarantined_rows: int = 0
+
+
+@dataclass
 class FeaturesConfig:
     sets: Optional[List[str]] = None  # the feature sets to build; None: every one of the project
 
@@ -330,6 +345,7 @@ class PipelineConfig:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     backfill: BackfillConfig = field(default_factory=BackfillConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    exit_codes: ExitCodesConfig = field(default_factory=ExitCodesConfig)
     # the settings of a project's sample-data generator (the shipped sample's: examples/sample/generate.py)
     sample: Optional[Dict[str, Any]] = None
 
@@ -508,6 +524,10 @@ def validate(cfg: PipelineConfig) -> None:
                                       "gold": cfg.schema_policy.gold})
     if policy_error:
         raise ConfigError(f"config error: {policy_error}")
+    for outcome, code in vars(cfg.exit_codes).items():
+        if code != 0 and not 5 <= code <= 125:  # 1..4 are errors, a failed gate and a held lock
+            raise ConfigError(f"config error: exit_codes.{outcome}={code} must be 0 or 5..125 (1-4 mean an error, "
+                              "a failed quality gate or another run holding the catalog)")
     if cfg.online_store.type not in ("sqlite", "redis"):
         raise ConfigError(f"config error: online_store.type={cfg.online_store.type!r} must be sqlite or redis")
     if cfg.registry.type not in ("file", "sql") or (cfg.registry.type == "sql" and not cfg.registry.path):

@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from features.declarations import FeatureSet, validate as validate_declaration
 from features.registry import feature_sets
-from pipelines import faults, logs, ray_runtime, run_lock, run_state
+from pipelines import faults, file_ledger, logs, ray_runtime, run_lock, run_state
 from pipelines.config import DatasetConfig, PipelineConfig, parse_utc, resolved_dict
 from pipelines.context import RunContext, code_version, config_hash, new_run_id
 from pipelines.declarations import column_kinds, refine_order
@@ -160,6 +160,8 @@ def _locked(cfg: PipelineConfig, plan: Slice, sets: List[FeatureSet], run_id: st
         tracking.mark_killed(open_run.interrupted, run_id)
         if plan.kind == "run":
             with stage(ctx, "ingest"):
+                judged = [f for p in plans.values() if p is not None for f in p.not_ingested]
+                file_ledger.record(lake, judged, run_id, ctx.commit_properties())
                 for name, source in cfg.datasets.items():
                     _ingest(ctx, source, plans[name], open_run.interrupted)
         faults.point("ingested")
@@ -229,9 +231,13 @@ def _locked(cfg: PipelineConfig, plan: Slice, sets: List[FeatureSet], run_id: st
     if not new_data:
         log.info("no new data: nothing was written")
     log.info(f"{plan.kind} finished", tables_written=sorted(ctx.tables_written))
+    rejections = {"files": len(ctx.rejected_files),
+                  "rows": sum(r.quarantined for r in refined.values())}
     summary = {
         "run_id": run_id,
-        "status": "succeeded",
+        "status": "succeeded_with_rejections" if any(rejections.values()) else "succeeded",
+        "exit_code": _exit_code(cfg, rejections),
+        "rejections": rejections,
         "kind": plan.kind,
         "new_data": new_data,
         "resumed": open_run.interrupted,
@@ -245,6 +251,7 @@ def _locked(cfg: PipelineConfig, plan: Slice, sets: List[FeatureSet], run_id: st
         "duplicates": {d: r.duplicates for d, r in refined.items()},
         "counts": ctx.counts,
         "rejected_files": ctx.rejected_files,
+        "files": {name: p.files for name, p in plans.items() if p is not None},
         "gold_digests": ctx.digests,
         "gold_as_of": {name: [str(r.first_as_of), str(r.last_as_of)] for name, r in built.items()
                        if r.first_as_of is not None},
@@ -261,11 +268,20 @@ def _locked(cfg: PipelineConfig, plan: Slice, sets: List[FeatureSet], run_id: st
     return summary
 
 
+def _exit_code(cfg: PipelineConfig, rejections: Dict[str, int]) -> int:
+    """0, or the configured code of the first kind of rejection the run had (files before rows)."""
+    codes = cfg.exit_codes
+    return (codes.rejected_files if rejections["files"] else 0) or \
+        (codes.quarantined_rows if rejections["rows"] else 0)
+
+
 def _ingest(ctx: RunContext, source: DatasetConfig, file_plan, interrupted: List[str]) -> None:
     result = bronze.ingest(ctx, source.name, source, file_plan)
     resumed = run_state.commits_by(ctx.lake, f"bronze.{source.name}", interrupted)
     ctx.counts[f"{source.name}.bronze_rows_ingested"] = result.rows + sum(r.added_records for r in resumed)
     ctx.counts[f"{source.name}.units_ingested"] = len(result.units) + sum(len(r.units) for r in resumed)
+    for outcome, files in (file_plan.files if file_plan is not None else {}).items():
+        ctx.counts[f"{source.name}.files_{outcome}"] = files
 
 
 def _publish(ctx: RunContext, cfg: PipelineConfig, sets: List[FeatureSet], built: Dict[str, gold.GoldResult]):

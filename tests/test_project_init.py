@@ -58,7 +58,9 @@ def test_an_initialised_project_runs_as_it_is(tmp_path):
     assert sorted(p.relative_to(project).as_posix() for p in (project / "conf").rglob("*.yaml")) == [
         "conf/dataset/customers.yaml", "conf/dataset/orders.yaml", "conf/project.yaml"]
     summary = _medallion("run", "--project", str(project), cwd=tmp_path)  # from another directory
-    assert summary["status"] == "succeeded" and summary["data_dir"] == str(project / "data")
+    # the 3 bad rows are quarantined: succeeded with rejections, exit code 0 (rows, not files; _medallion checks)
+    assert summary["status"] == "succeeded_with_rejections" and summary["data_dir"] == str(project / "data")
+    assert (summary["rejections"], summary["exit_code"]) == ({"files": 0, "rows": 3}, 0)
     # by hand: 7 days x 3 orders plus 3 bad rows on day 4; 3 customers
     assert summary["counts"]["orders.bronze_rows_refined"] == 24
     assert summary["counts"]["orders.silver_rows_added"] == 21

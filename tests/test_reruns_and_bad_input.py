@@ -59,8 +59,16 @@ def test_rerun_without_new_data_writes_nothing_then_a_new_day_is_ingested_alone(
     # a three-row day is far below the usual volume, and moves every feature: the gate would stop it
     out = cli("run", f"data_dir={data_dir}", *SMALL, "cutoff=2026-01-22T00:00:00Z", "quality.row_count.severity=warn",
               "quality.drift.severity=warn", f"ray.address={ray.get_runtime_context().gcs_address}")
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.returncode == 5, out.stderr[-3000:]  # succeeded, but a file was rejected
     third = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (third["status"], third["rejections"]) == ("succeeded_with_rejections", {"files": 1, "rows": 1})
+    known = len(list(folder.iterdir())) - 2  # the files of the first run, each ingested then
+    assert first["files"]["transactions"] == {"found": known, "ingested": known, "already_ingested": 0,
+                                              "rejected": 0, "empty": 0, "previously_rejected": 0,
+                                              "previously_empty": 0}
+    assert third["files"]["transactions"] == {"found": known + 2, "ingested": 1, "already_ingested": known,
+                                              "rejected": 1, "empty": 0, "previously_rejected": 0,
+                                              "previously_empty": 0}
     # new data: Ray is joined once, when the ingest first needs it
     assert out.stderr.count('"event": "ray runtime started"') == 1
     assert {c.split("=")[0] for c in third["quality"]["failed_checks"]} >= {"row_count.transactions"}

@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipelines.config import ColumnConfig, DatasetConfig
-from pipelines.io.sources import check_file, list_files
+import pytest
+
+from pipelines.io.sources import HEADER_ONLY, check_file, file_kind, list_files
 
 COLUMNS = ["tx_id", "amount"]
 
@@ -15,8 +17,48 @@ def checked(tmp_path, name: str, content: bytes):
     (tmp_path / name).write_bytes(content)
     source = DatasetConfig(name="tx", kind="files", columns={c: ColumnConfig() for c in COLUMNS}, key="tx_id",
                            path=str(tmp_path))
-    (file,) = [f for f in list_files("tx", source) if f.path.endswith(name)]
+    (file,) = [f for f in list_files("tx", source).files if f.path.endswith(name)]
     return check_file(str(tmp_path), file)
+
+
+READS = ".csv, .csv.gz, .csv.bz2, .parquet, .parq"
+
+
+@pytest.mark.parametrize("name, formats, kind", [
+    ("day.csv", ["csv", "parquet"], ("csv", None, None)),
+    ("DAY.CSV.GZ", ["csv", "parquet"], ("csv", "gzip", None)),
+    ("day.csv.bz2", ["csv"], ("csv", "bz2", None)),
+    ("day.csv.zst", ["csv"],
+     (None, None, "unsupported compression or archive '.zst' (CSV may be compressed with .gz, .bz2)")),
+    ("day.parq", ["csv", "parquet"], ("parquet", None, None)),
+    ("day.parquet", ["csv"], (None, None, "parquet files are not read by this source (formats: ['csv'])")),
+    ("day.parquet.gz", ["csv", "parquet"],
+     (None, None, "a compressed Parquet file (gzip) is not supported: Parquet compresses inside the file")),
+    ("day.csv.zip", ["csv", "parquet"],
+     (None, None, "unsupported compression or archive '.zip' (CSV may be compressed with .gz, .bz2)")),
+    ("notes.txt", ["csv", "parquet"], (None, None, f"unsupported file type '.txt' (this source reads {READS})")),
+    ("README", ["csv", "parquet"], (None, None, f"no file extension (this source reads {READS})")),
+    ("day.csv.gz", ["parquet"], (None, None, "csv files are not read by this source (formats: ['parquet'])")),
+])
+def test_every_file_name_is_read_or_refused_with_its_reason(name, formats, kind):
+    assert file_kind(name, formats) == kind
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column_name(tmp_path):
+    assert checked(tmp_path, "a.csv", b"\xef\xbb\xbftx_id,amount\nt1,1.00\n") == (None, ["tx_id", "amount"])
+
+
+def test_a_header_without_rows_is_told_apart_from_a_bad_file(tmp_path):
+    assert checked(tmp_path, "a.csv", b"tx_id,amount\n\n") == (HEADER_ONLY, ["tx_id", "amount"])
+
+
+def test_a_compressed_csv_is_checked_on_its_content(tmp_path):
+    import gzip
+
+    assert checked(tmp_path, "a.csv.gz", gzip.compress(b"tx_id,amount\nt1,1.00\n")) == (None, ["tx_id", "amount"])
+    reason, _ = checked(tmp_path, "b.csv.gz", gzip.compress(b"tx_id,amount\nt1,1.00\n" * 500)[:-12])
+    # truncated: the stream ends inside the gzip member (an error, not fewer rows)
+    assert reason == "cannot read csv file: Compressed file ended before the end-of-stream marker was reached"
 
 
 def test_good_csv_passes_with_its_columns(tmp_path):

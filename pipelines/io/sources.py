@@ -9,7 +9,9 @@ A SQL source's result is read in the driver (`read_query`): one query is one rea
 
 from __future__ import annotations
 
+import bz2
 import datetime as dt
+import gzip
 import hashlib
 import io
 from dataclasses import dataclass
@@ -42,6 +44,13 @@ METADATA_FIELDS = [
 ]
 RESERVED_COLUMNS = {f.name for f in METADATA_FIELDS} | {"_failed_rules"}
 EXTENSIONS = {"csv": (".csv",), "parquet": (".parquet", ".parq")}
+# A CSV file may arrive compressed as a whole (Parquet compresses inside the file): by its last suffix.
+COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2"}
+# Python's own decompressors: a truncated file is an error (EOFError), never a shorter file (pyarrow's
+# compressed streams return what they got, and the rest of the rows would be lost without a word).
+DECOMPRESS = {"gzip": gzip.decompress, "bz2": bz2.decompress}
+ARCHIVES = (".zip", ".7z", ".tar", ".tgz", ".rar", ".xz", ".zst", ".lz4", ".lzma", ".z", ".snappy")
+BOM = b"\xef\xbb\xbf"  # what spreadsheet programs put before a UTF-8 CSV's header
 
 
 def bronze_schema(source: DatasetConfig, extras: Sequence[str] = ()) -> pa.Schema:
@@ -62,12 +71,22 @@ class SourceFile:
     format: str
     size: int
     sha256: str
+    compression: Optional[str] = None  # of a CSV file compressed as a whole (COMPRESSIONS)
 
 
 @dataclass(frozen=True)
 class RejectedFile:
     uri: str
+    sha256: str
     reason: str
+
+
+@dataclass
+class Listing:
+    """Every file under a source's location: those it can read, and the others with the reason."""
+
+    files: List[SourceFile]
+    unreadable: List[RejectedFile]
 
 
 def _filesystem(path: str) -> Tuple[pafs.FileSystem, str]:
@@ -76,56 +95,96 @@ def _filesystem(path: str) -> Tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(path if "://" in path else f"file://{path}")
 
 
-def list_files(name: str, source: DatasetConfig) -> List[SourceFile]:
-    """Every data file of a files source, sorted by path, with its content hash."""
+def file_kind(file_name: str, formats: Sequence[str]) -> Tuple[Optional[str], Optional[str], Optional[str]]:
+    """(format, compression, None) for a file this source reads, or (None, None, why not)."""
+    name = file_name.lower()
+    compression = next((c for suffix, c in COMPRESSIONS.items() if name.endswith(suffix)), None)
+    if compression:
+        name = name.rsplit(".", 1)[0]
+    fmt = next((f for f, suffixes in EXTENSIONS.items() if name.endswith(suffixes)), None)
+    readable = [s + c for f in formats for s in EXTENSIONS[f] for c in ([""] + list(COMPRESSIONS) if f == "csv" else [""])]
+    if fmt is not None and fmt not in formats:
+        return None, None, f"{fmt} files are not read by this source (formats: {list(formats)})"
+    if fmt == "parquet" and compression:
+        return None, None, f"a compressed Parquet file ({compression}) is not supported: Parquet compresses inside the file"
+    if fmt is not None:
+        return fmt, compression, None
+    if "." not in name:
+        return None, None, f"no file extension (this source reads {', '.join(readable)})"
+    suffix = "." + name.rsplit(".", 1)[1]
+    if suffix in ARCHIVES:
+        return None, None, f"unsupported compression or archive {suffix!r} (CSV may be compressed with " \
+                           f"{', '.join(COMPRESSIONS)})"
+    return None, None, f"unsupported file type {suffix!r} (this source reads {', '.join(readable)})"
+
+
+def list_files(name: str, source: DatasetConfig) -> Listing:
+    """Every file under the source's location, sorted by path, with its content hash: the ones it reads
+    (by extension and declared formats) and the others with the reason, none left out."""
     fs, root = _filesystem(source.path or "")
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
         raise SourceError(f"source {name!r}: path {source.path} does not exist")
     selector = pafs.FileSelector(root, recursive=True) if info.type == pafs.FileType.Directory else None
     infos = fs.get_file_info(selector) if selector else [info]
-    files = []
+    scheme = (source.path or "").split("://", 1)[0] if "://" in (source.path or "") else ""
+    listing = Listing([], [])
     for entry in sorted(infos, key=lambda i: i.path):
         if entry.type != pafs.FileType.File:
             continue
-        fmt = next((f for f in source.formats if entry.path.lower().endswith(EXTENSIONS[f])), None)
-        if fmt is None:
-            continue
-        scheme = (source.path or "").split("://", 1)[0] if "://" in (source.path or "") else ""
         uri = f"{scheme}://{entry.path}" if scheme and scheme != "file" else entry.path
-        files.append(SourceFile(entry.path, uri, fmt, entry.size, _sha256(fs, entry.path)))
-    return files
+        sha = _sha256(fs, entry.path)
+        fmt, compression, reason = file_kind(entry.base_name, source.formats)
+        if reason:
+            listing.unreadable.append(RejectedFile(uri, sha, reason))
+        else:
+            listing.files.append(SourceFile(entry.path, uri, fmt, entry.size, sha, compression))  # type: ignore[arg-type]
+    return listing
 
 
 def _sha256(fs: pafs.FileSystem, path: str) -> str:
     digest = hashlib.sha256()
-    with fs.open_input_stream(path) as stream:
+    with fs.open_input_stream(path, compression=None) as stream:  # the bytes as stored
         while chunk := stream.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
 
 
+HEADER_ONLY = "no data rows (a header only)"
+
+
+def read_bytes(fs: pafs.FileSystem, file: SourceFile) -> bytes:
+    """A CSV file's content, decompressed, without a leading byte-order mark."""
+    with fs.open_input_stream(file.path, compression=None) as stream:
+        content = stream.read()
+    if file.compression:
+        content = DECOMPRESS[file.compression](content)
+    return content[len(BOM):] if content.startswith(BOM) else content
+
+
 def check_file(source_path: str, file: SourceFile) -> Tuple[Optional[str], List[str]]:
     """(why the file cannot be ingested at all or None, its column names): cheap checks on the driver.
-    A column set that differs from the declared one is not a reason here: the schema policies decide."""
+    A column set that differs from the declared one is not a reason here: the schema policies decide.
+    A file with columns but no rows gets the reason HEADER_ONLY (accounted for, not an error)."""
     if file.size == 0:
         return "file is empty (0 bytes)", []
     fs, _ = _filesystem(source_path)
     try:
         if file.format == "parquet":
             with fs.open_input_file(file.path) as handle:
-                names = pq.ParquetFile(handle).schema_arrow.names
+                parquet = pq.ParquetFile(handle)
+                names, rows = parquet.schema_arrow.names, parquet.metadata.num_rows
         else:
-            with fs.open_input_stream(file.path) as stream:
-                content = stream.read()
+            content = read_bytes(fs, file)
             try:  # the parser in the Ray task would fail on it half-way through the ingest
                 text = content.decode("utf-8")
             except UnicodeDecodeError as exc:
                 return f"not valid UTF-8 (byte {exc.start})", []
-            first = text[: 64 * 1024].splitlines()
-            if not first or not first[0].strip():
+            lines = text[: 64 * 1024].splitlines()
+            if not lines or not lines[0].strip():
                 return "file has no header line", []
-            names = [n.strip() for n in first[0].split(",")]
+            names = [n.strip() for n in lines[0].split(",")]
+            rows = int(any(line.strip() for line in lines[1:]) or len(text) > 64 * 1024)
     except Exception as exc:  # any parse failure of the footer/header means the file is unusable
         return f"cannot read {file.format} file: {str(exc).splitlines()[0]}", []
     duplicated = sorted({n for n in names if names.count(n) > 1})
@@ -136,6 +195,8 @@ def check_file(source_path: str, file: SourceFile) -> Tuple[Optional[str], List[
     reserved = sorted(set(names) & RESERVED_COLUMNS)
     if reserved:  # would collide with the ingest metadata bronze adds
         return f"column name(s) {reserved} are reserved for ingest metadata", names
+    if not rows:
+        return HEADER_ONLY, names
     return None, names
 
 
@@ -208,12 +269,13 @@ def _read_file_block(batch: Dict[str, list], declared: List[str], expected: List
     from validation.schema_policy import conform
 
     tables = []
-    for path, uri, fmt, sha, root, names in zip(batch["path"], batch["uri"], batch["format"], batch["sha256"],
-                                                batch["root"], batch["columns"]):
+    for path, uri, fmt, sha, root, names, compression in zip(
+            batch["path"], batch["uri"], batch["format"], batch["sha256"], batch["root"], batch["columns"],
+            batch["compression"]):
         fs, _ = _filesystem(root)
         if fmt == "csv":
-            with fs.open_input_stream(path) as stream:
-                table = _parse_csv(stream.read(), list(names))
+            file = SourceFile(path, uri, fmt, 0, sha, compression or None)
+            table = _parse_csv(read_bytes(fs, file), list(names))
         else:
             with fs.open_input_file(path) as handle:
                 raw = pq.read_table(handle)
@@ -251,7 +313,7 @@ def read_files(name: str, source: DatasetConfig, files: List[SourceFile], column
     (declared plus evolved) and `policy` the bronze schema policy for columns beyond them."""
     ray_runtime.ensure()
     items = [{"path": f.path, "uri": f.uri, "format": f.format, "sha256": f.sha256, "root": source.path,
-              "columns": columns_by_file[f.uri]} for f in files]
+              "columns": columns_by_file[f.uri], "compression": f.compression or ""} for f in files]
     return ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
         _read_file_block,
         batch_size=1,

@@ -17,7 +17,7 @@ import ray
 from pyiceberg.expressions import And, EqualTo, In
 
 
-from pipelines import logs, ray_runtime
+from pipelines import file_ledger, logs, ray_runtime
 from pipelines.commit_record import INGESTED_UNITS, Unit, history
 from pipelines.config import DatasetConfig
 from pipelines.context import RunContext
@@ -48,7 +48,8 @@ def _already_ingested(ctx: RunContext, spec: TableSpec) -> set:
 
 @dataclass
 class FilePlan:
-    """What a files source will ingest in this run, decided before anything is written."""
+    """What a files source will ingest in this run, decided before anything is written: every file under
+    its location is in exactly one of new_files, already ingested, or not_ingested (new or judged before)."""
 
     name: str
     source: DatasetConfig
@@ -56,6 +57,12 @@ class FilePlan:
     found: int
     columns_by_file: Dict[str, List[str]] = field(default_factory=dict)  # uri -> the file's columns
     new_columns: List[str] = field(default_factory=list)  # columns bronze evolves to hold in this run
+    not_ingested: List[file_ledger.NotIngested] = field(default_factory=list)  # judged in this run
+    files: Dict[str, int] = field(default_factory=dict)  # outcome -> number of files
+
+    @property
+    def rejected(self) -> List[file_ledger.NotIngested]:
+        return [f for f in self.not_ingested if f.outcome == file_ledger.REJECTED]
 
 
 def plan(ctx: RunContext, name: str, source: DatasetConfig):
@@ -66,21 +73,41 @@ def plan(ctx: RunContext, name: str, source: DatasetConfig):
         sources.probe_query(name, source)
         return None
     log = logs.get()
-    files = sources.list_files(name, source)
+    listing = sources.list_files(name, source)
     seen = _already_ingested(ctx, spec) if ctx.lake.exists(spec.identifier) else set()
-    new = [f for f in files if (f.uri, f.sha256) not in seen]
-    good, columns_by_file = [], {}
-    for file in new:
-        reason, names = sources.check_file(source.path or "", file)
-        if reason:
-            ctx.rejected_files.append({"source": name, "file": file.uri, "reason": reason})
-            log.error("file rejected", source=name, file=file.uri, reason=reason)
-        else:
+    before = file_ledger.judged(ctx.lake, name)
+    good, columns_by_file, judged_now = [], {}, []
+    counts = {"found": len(listing.files) + len(listing.unreadable), "ingested": 0, "already_ingested": 0,
+              "rejected": 0, "empty": 0, "previously_rejected": 0, "previously_empty": 0}
+    candidates = [(f, None) for f in listing.files] + [(None, r) for r in listing.unreadable]
+    for file, unreadable in sorted(candidates, key=lambda c: (c[0] or c[1]).uri):  # type: ignore[union-attr]
+        uri, sha = (file.uri, file.sha256) if file else (unreadable.uri, unreadable.sha256)  # type: ignore[union-attr]
+        if (uri, sha) in seen:
+            counts["already_ingested"] += 1
+            continue
+        if (uri, sha) in before:
+            counts[f"previously_{before[(uri, sha)]}"] += 1
+            continue
+        reason, names = (unreadable.reason, []) if unreadable else sources.check_file(source.path or "", file)
+        if reason is None:
             good.append(file)
-            columns_by_file[file.uri] = names
+            columns_by_file[uri] = names
+            continue
+        outcome = file_ledger.EMPTY if reason == sources.HEADER_ONLY else file_ledger.REJECTED
+        counts[outcome] += 1
+        judged_now.append(file_ledger.NotIngested(name, uri, sha, outcome, reason))
+        if outcome == file_ledger.REJECTED:
+            ctx.rejected_files.append({"source": name, "file": uri, "reason": reason})
+            log.error("file rejected", source=name, file=uri, reason=reason)
+        else:
+            log.info("file has no rows, nothing to ingest", source=name, file=uri)
+    counts["ingested"] = len(good)
+    if counts["previously_rejected"]:
+        log.warning("files rejected by an earlier run are still there", source=name,
+                    files=counts["previously_rejected"], see=file_ledger.LEDGER.identifier)
     new_columns = _check_schema_policies(ctx, source, spec, columns_by_file)
-    log.info("files listed", source=name, found=len(files), already_ingested=len(files) - len(new), new=len(good))
-    return FilePlan(name, source, good, len(files), columns_by_file, new_columns)
+    log.info("files listed", source=name, **counts)
+    return FilePlan(name, source, good, counts["found"], columns_by_file, new_columns, judged_now, counts)
 
 
 def _check_schema_policies(ctx: RunContext, source: DatasetConfig, spec: TableSpec,
