@@ -7,6 +7,7 @@ here fails with one line naming the setting (`datasets.<name>.<field>`).
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Dict, List
 
 from pipelines.config import FILE_FORMATS, SOURCE_KINDS, DatasetConfig, PipelineConfig
@@ -46,6 +47,13 @@ def validate_dataset(name: str, ds: DatasetConfig, datasets: Dict[str, DatasetCo
             _fail(f"{where}.columns.{column}.naive", f"{spec.naive!r} must be utc or reject")
         if spec.range is not None and not kind.numeric:
             _fail(f"{where}.columns.{column}.range", f"needs a numeric type, not {spec.type}")
+        if spec.not_before is not None:
+            if kind.name not in ("timestamp", "date"):
+                _fail(f"{where}.columns.{column}.not_before", f"needs a date or timestamp column, not {spec.type}")
+            try:
+                dt.datetime.fromisoformat(str(spec.not_before).replace("Z", "+00:00"))
+            except ValueError:
+                _fail(f"{where}.columns.{column}.not_before", f"{spec.not_before!r} is not an ISO-8601 date or instant")
         if spec.not_after_cutoff and kind.name != "timestamp":
             _fail(f"{where}.columns.{column}.not_after_cutoff", f"needs a timestamp column, not {spec.type}")
         unknown_rules = sorted(set(spec.rule_names) - set(RULE_KINDS))

@@ -35,7 +35,7 @@ columns:                                 # in the files' order
   customer_id: {type: integer, required: true, references: customers.customer_id}
   amount: {type: "decimal(12,2)", required: true, range: {min: 0, min_exclusive: true}}
   channel: {type: string, allowed: [web, app]}
-  ordered_at: {type: timestamp, required: true, not_after_cutoff: true}
+  ordered_at: {type: timestamp, required: true, not_before: 2020-01-01, not_after_cutoff: true}
 key: order_id                            # or a list: [shop, order_id]
 event_time: ordered_at                   # silver is partitioned by its UTC day; features window over it
 quality:

@@ -1,7 +1,8 @@
 """Silver's split and deduplication through Ray (no shuffle: only the valid rows' keys and the contested
 rows reach the driver), for the sample's transactions declaration (key tx_id), against a plain pandas reading of the rules: failing rows go to quarantine with
-their reasons; per tx_id not already in silver, the row of the earliest bronze run, then source file, then
-row hash, is kept; the counts and the event-day span are those of the input."""
+their reasons; per tx_id, the row of the earliest bronze run, then source file, is kept, a later copy is
+dropped and a row of other content quarantined as `key_conflict`; the counts and the event-day span are
+those of the input."""
 
 from __future__ import annotations
 
@@ -29,10 +30,29 @@ QUARANTINE = SimpleNamespace(schema=CHECKED)
 FIRST_DAY = dt.date(2026, 1, 1)
 
 
-def reference(valid: pd.DataFrame, existing: set) -> pd.DataFrame:
-    fresh = valid.loc[~valid["tx_id"].isin(existing)]
-    ordered = fresh.sort_values(KEYS, kind="mergesort")
-    return ordered.drop_duplicates("tx_id", keep="first")
+def held_hash(key: str) -> str:
+    """The row hash of the row silver holds for a held key: the content of that key's (0, 0) row below."""
+    return f"h-{key}-0-0"
+
+
+def reference(valid: pd.DataFrame, existing: set) -> tuple:
+    """(silver rows, conflicting rows), key by key as the README says: the first delivery (run, then file)
+    wins; a later row with the same content is a duplicate, one with other content a conflict; against a
+    row silver holds, that row is the first delivery; two contents in the first file: all conflicts."""
+    winners, conflicts = [], []
+    for key, rows in valid.groupby("tx_id", sort=False):
+        rows = rows.sort_values(["_run_id", "_source_file"], kind="mergesort")
+        if key in existing:
+            conflicts += [r for _, r in rows.iterrows() if r["_row_hash"] != held_hash(key)]
+            continue
+        first = rows.iloc[0]
+        in_first_file = rows[(rows["_run_id"] == first["_run_id"]) & (rows["_source_file"] == first["_source_file"])]
+        if in_first_file["_row_hash"].nunique() > 1:
+            conflicts += [r for _, r in rows.iterrows()]
+            continue
+        winners.append(first)
+        conflicts += [r for _, r in rows.iterrows() if r["_row_hash"] != first["_row_hash"]]
+    return pd.DataFrame(winners, columns=valid.columns), pd.DataFrame(conflicts, columns=valid.columns)
 
 
 def as_sorted(frame: pd.DataFrame, columns: list) -> list:
@@ -66,13 +86,13 @@ def test_rows_settled_on_the_driver_are_kept_when_held_ids_empty_a_block(ray_ses
     """Block 1 holds only a contested id (its silver block is empty) and block 2 a held id: dropping the
     held rows re-blocks silver (Ray merges the empty block away), and the contested row, whose event time
     is after every block's start, must still be placed once (found in review: it was lost)."""
-    def at(tx_id, day, hour=10, failed=None):
-        return {"tx_id": tx_id, "_run_id": "r1", "_source_file": "a.csv", "_row_hash": f"h-{tx_id}-{day}-{hour}",
+    def at(tx_id, day, hour=10, failed=None, run="r1"):
+        return {"tx_id": tx_id, "_run_id": run, "_source_file": "a.csv", "_row_hash": f"h-{tx_id}-{day}-{hour}",
                 "ts": f"{FIRST_DAY + dt.timedelta(days=day)}T{hour:02d}:00:00Z", "_failed_rules": failed,
                 "channel": "web", "user_id": "7", "merchant_id": "9", "amount": "3.50", "currency": "EUR",
                 "_malformed_line": None}
 
-    rows = [at("t4", 3), at("t4", 3, 11), at("t5", 1), at("t1", 1), at("t6", 2)]
+    rows = [at("t4", 3), at("t4", 3, 11, run="r2"), at("t5", 1), at("t1", 1), at("t6", 2)]
     got = check_against_reference(rows, 3, {"t1"}, driver=False)
     assert sorted(got.silver.to_pandas()["tx_id"]) == ["t4", "t5", "t6"]
 
@@ -103,16 +123,19 @@ def check_against_reference(rows, blocks, existing, driver, encoded=False):
 
     def held_ids(first_day, last_day):
         asked.append((first_day, last_day))
-        return pa.array(sorted(existing), pa.large_string())  # as read back from the silver table
+        keys = sorted(existing)  # as read back from the silver table
+        return pa.table({"_key": pa.array(keys, pa.large_string()),
+                         "_row_hash": pa.array([held_hash(k) for k in keys], pa.large_string())})
 
     got = _split_and_deduplicate(ctx, checked, CONTRACT, [], QUARANTINE, silver_spec(DECLARED, CONTRACT), "ts",
                                  held_ids, b"test-key")
 
     valid = frame.loc[frame["_failed_rules"].isna()]
-    assert as_sorted(got.silver.to_pandas(), KEYS) == as_sorted(reference(valid, existing), KEYS)
-    bad = frame.loc[frame["_failed_rules"].notna()]
+    winners, conflicts = reference(valid, existing)
+    assert as_sorted(got.silver.to_pandas(), KEYS) == as_sorted(winners, KEYS)
+    bad = pd.concat([frame.loc[frame["_failed_rules"].notna()], conflicts.assign(_failed_rules="key_conflict")])
     assert as_sorted(got.bad.to_pandas(), KEYS + ["_failed_rules"]) == as_sorted(bad, KEYS + ["_failed_rules"])
-    assert (got.rows_in, got.valid) == (len(frame), len(valid))
+    assert (got.rows_in, got.valid, got.conflicts) == (len(frame), len(valid), len(conflicts))
     assert got.present == {**{c: len(frame) for c in CONTRACT.names},
                            "channel": int((frame["channel"].str.strip() != "").sum())}
     days = sorted(pd.to_datetime(valid["ts"]).dt.date)

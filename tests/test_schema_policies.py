@@ -97,6 +97,28 @@ def test_silver_discard_value_keeps_its_columns(tmp_path, ray_session):
     _assert_rows_add_up(summary)
 
 
+@pytest.mark.parametrize("policy", ["discard_value", "evolve"])
+def test_a_new_column_after_the_first_run_reaches_quarantine_as_it_reached_bronze(tmp_path, ray_session, policy):
+    """Found by a user: with quarantine already written, a file with a new column under the policies the
+    freeze error suggests stopped *after* bronze was committed (quarantine's columns could not evolve), and
+    every later run stopped the same way."""
+    from pipelines.run import run
+
+    cfg = _setup(tmp_path, files=())
+    run(cfg)  # quarantine.transactions exists now, without the new column
+    (Path(cfg.sample["output_dir"]) / "transactions" / "new_column.csv").write_text(
+        NEW_COLUMN + "nc-3,1,1,5.00,EUR,fax,2026-01-03T12:00:00Z,SAVE20\n")  # a bad row carrying a value
+    summary = run(load_config([f"data_dir={tmp_path}", *TINY, f"schema_policy.silver={policy}",
+                               "quality.row_count.severity=warn"]))  # a 3-row file after full days
+    tables = _tables(summary)
+    assert _by_tx(tables["quarantine.transactions"], "_failed_rules", "coupon") == {"nc-3": ("channel_known", "SAVE20")}
+    assert set(_by_tx(tables["silver.transactions"], "tx_id")) == {"nc-1", "nc-2"}
+    assert ("coupon" in tables["silver.transactions"].column_names) == (policy == "evolve")
+    _assert_rows_add_up(summary)
+    again = run(load_config([f"data_dir={tmp_path}", *TINY]))  # not wedged: a plain run finds nothing new
+    assert again["new_data"] is False
+
+
 def test_silver_discard_row_quarantines_rows_with_the_reason(tmp_path, ray_session):
     from pipelines.run import run
 

@@ -38,7 +38,7 @@ def test_the_sample_keeps_its_rule_names_in_their_order():
     assert TRANSACTIONS.rules == (
         "line_well_formed", "tx_id_present", "user_id_present", "user_id_parseable", "user_id_known",
         "merchant_id_parseable", "amount_parseable", "amount_in_range", "currency_known", "channel_known",
-        "ts_parseable", "ts_not_after_cutoff")
+        "ts_parseable", "ts_not_before", "ts_not_after_cutoff")
     users = contracts.build("users", SAMPLE["users"])
     assert users.rules == ("line_well_formed", "user_id_parseable", "country_valid", "signup_ts_parseable")
 
@@ -64,6 +64,9 @@ def test_the_sample_keeps_its_rule_names_in_their_order():
         ({"channel": "fax"}, "channel_known"),
         ({"ts": "not-a-timestamp"}, "ts_parseable"),
         ({"ts": "2026-02-01T00:00:00Z"}, "ts_not_after_cutoff"),
+        ({"ts": "1970-01-01T00:00:00Z"}, "ts_not_before"),  # epoch zero: a default value, not an event
+        ({"ts": "2019-12-31T23:59:59.999999Z"}, "ts_not_before"),  # declared: not before 2020-01-01
+        ({"ts": "2019-12-31T23:00:00-01:00"}, None),  # 2020-01-01T00:00Z: the bound itself is valid
         ({"currency": "XXX", "channel": "fax", "amount": "0"}, "amount_in_range;currency_known;channel_known"),
         ({"_malformed_line": "t9,1,2"}, "line_well_formed"),
         ({"_malformed_line": "t9,1,2", "tx_id": None, "user_id": None}, "line_well_formed"),
@@ -71,6 +74,25 @@ def test_the_sample_keeps_its_rule_names_in_their_order():
 )
 def test_each_rule(changes, rules):
     assert failures(**changes) == rules
+
+
+def test_not_before_on_a_date_column_and_its_declaration_checks():
+    from pipelines.declarations import validate_dataset
+    from pipelines.errors import ConfigError
+
+    declared = DatasetConfig(name="people", kind="files", path="/x", key="id", columns={
+        "id": ColumnConfig(), "born": ColumnConfig(type="date", not_before="1900-01-01")})
+    people = contracts.build("people", declared)
+    rows = [{"id": "a", "born": "1900-01-01"}, {"id": "b", "born": "1899-12-31"}, {"id": "c", "born": None}]
+    assert people.failures(_table(rows, people)).to_pylist() == [None, "born_not_before", None]
+    for column, message in [
+            (ColumnConfig(type="integer", not_before="1900-01-01"), "needs a date or timestamp column, not integer"),
+            (ColumnConfig(type="date", not_before="last year"), "'last year' is not an ISO-8601 date or instant")]:
+        bad = DatasetConfig(name="people", kind="files", path="/x", key="id", columns={"id": ColumnConfig(),
+                                                                                        "born": column})
+        with pytest.raises(ConfigError) as error:
+            validate_dataset("people", bad, {"people": bad})
+        assert str(error.value) == f"config error: datasets.people.columns.born.not_before: {message}"
 
 
 def test_amount_boundaries_are_valid():

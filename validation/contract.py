@@ -13,6 +13,8 @@ Rules per column, in this order (default names; `rule_names` renames any):
   allowed `<c>_allowed`      allowed: the exact text must be one of these
   pattern `<c>_pattern`      pattern: the whole text must match
   decimals `<c>_decimals`    max_decimals: digits after the point, as written
+  not_before                 dates or timestamps at or after a declared earliest instant (epoch zero, a
+                             common default value, is not an event time)
   not_after_cutoff           timestamps before the run's cutoff (its logical end, exclusive)
 A column that is not required accepts a missing value: its other rules are not applied to it. Rules
 needing a parsed value apply only where it parsed. A malformed source line fails `line_well_formed` only.
@@ -36,8 +38,9 @@ from validation.parsing import _INTEGER, _parsed, parse_instants
 from validation.rules import as_text, failed_rules
 
 RULE_KINDS: Tuple[str, ...] = ("present", "parseable", "known", "in_range", "allowed", "pattern", "decimals",
-                               "not_after_cutoff")
+                               "not_before", "not_after_cutoff")
 LINE_RULE = "line_well_formed"
+KEY_CONFLICT_RULE = "key_conflict"  # a key delivered again with other content (pipelines/stages/silver.py)
 KEY_SEPARATOR = "\x1f"  # joins the parts of a composite key's text (a control character no source writes)
 LINEAGE_FIELDS = [pa.field("_source_file", pa.string()), pa.field("_row_hash", pa.string()),
                   pa.field("_run_id", pa.string())]
@@ -108,6 +111,7 @@ class Column:
     allowed: Optional[Tuple[str, ...]] = None
     pattern: Optional[str] = None
     max_decimals: Optional[int] = None
+    not_before: Optional[dt.datetime] = None  # UTC
     not_after_cutoff: bool = False
     references: Optional[str] = None
     rule_names: Tuple[Tuple[str, str], ...] = ()
@@ -120,7 +124,8 @@ class Column:
         has = {"present": self.required, "parseable": self.type.name != "string",
                "known": self.references is not None, "in_range": self.min is not None or self.max is not None,
                "allowed": self.allowed is not None, "pattern": self.pattern is not None,
-               "decimals": self.max_decimals is not None, "not_after_cutoff": self.not_after_cutoff}
+               "decimals": self.max_decimals is not None, "not_before": self.not_before is not None,
+               "not_after_cutoff": self.not_after_cutoff}
         return [kind for kind in RULE_KINDS if has[kind]]
 
 
@@ -211,6 +216,10 @@ class Contract:
                 elif kind == "decimals":
                     fraction = rf"^[^.]*(\.\d{{0,{column.max_decimals}}})?([eE].*)?$"
                     add(name, ~present | pc.fill_null(pc.match_substring_regex(text, fraction), False))
+                elif kind == "not_before":
+                    earliest = pa.scalar(column.not_before if column.type.name == "timestamp"
+                                         else column.not_before.date(), parsed.type)  # type: ignore[union-attr]
+                    add(name, ~has_value | pc.fill_null(pc.greater_equal(parsed, earliest), False))
                 elif kind == "not_after_cutoff":
                     cutoff = pa.scalar(self.cutoff, _UTC_US)
                     add(name, ~has_value | pc.fill_null(pc.less(parsed, cutoff), False))
@@ -348,6 +357,12 @@ def _report_schema(rules: Sequence[str]) -> pandera.DataFrameSchema:
                                     for rule in rules})
 
 
+def _instant(text: str) -> dt.datetime:
+    """A declared date or instant as a UTC instant (a date is its midnight, UTC)."""
+    value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+
+
 def build(dataset: str, declaration, cutoff: Optional[dt.datetime] = None,
           known: Optional[Mapping[str, pa.Array]] = None,
           custom: Sequence[Tuple[str, Callable[[pd.DataFrame], pd.Series]]] = ()) -> Contract:
@@ -362,6 +377,7 @@ def build(dataset: str, declaration, cutoff: Optional[dt.datetime] = None,
             min_exclusive=bool(bounds and bounds.min_exclusive), max_exclusive=bool(bounds and bounds.max_exclusive),
             allowed=None if spec.allowed is None else tuple(str(v) for v in spec.allowed),
             pattern=spec.pattern, max_decimals=spec.max_decimals, not_after_cutoff=bool(spec.not_after_cutoff),
+            not_before=None if spec.not_before is None else _instant(str(spec.not_before)),
             references=spec.references, rule_names=tuple(sorted(dict(spec.rule_names).items()))))
     return Contract(dataset=dataset, columns=tuple(columns), key=tuple(declaration.key_columns),
                     null_tokens=tuple(str(t) for t in declaration.null_tokens), cutoff=cutoff,

@@ -40,7 +40,7 @@ from pipelines.io.lake import TableSpec, day_range, midnight
 from pipelines.pii import protect
 from pipelines.stages.bronze import pending_runs, silver_extras, table_spec as bronze_spec
 from validation import schema_policy
-from validation.contract import Contract
+from validation.contract import KEY_CONFLICT_RULE, Contract
 from validation.parsing import parse_instants
 from validation.rules import join_reasons
 
@@ -85,10 +85,12 @@ class SilverResult:
                 f"{dataset}.quarantined": self.quarantined, f"{dataset}.duplicates_dropped": self.duplicates}
 
 
-def quarantine_spec(source: DatasetConfig, bronze: TableSpec | None = None) -> TableSpec:
-    """Bronze's columns (as bronze holds them now) plus the reasons."""
+def quarantine_spec(source: DatasetConfig, bronze: TableSpec | None = None, held: List[str] = ()) -> TableSpec:
+    """Bronze's columns (as bronze holds them now) plus the reasons, in the order of the columns the table
+    `held` already (a column bronze evolved to hold comes after `_failed_rules` then: Iceberg appends it)."""
     schema = (bronze.schema if bronze else sources.bronze_schema(source)).append(pa.field("_failed_rules", pa.string()))
-    return TableSpec(f"quarantine.{source.name}", schema)
+    order = [c for c in held if c in schema.names] + [c for c in schema.names if c not in held]
+    return TableSpec(f"quarantine.{source.name}", pa.schema([schema.field(c) for c in order]))
 
 
 def silver_spec(source: DatasetConfig, contract: Contract, extras: List[str] = ()) -> TableSpec:
@@ -113,7 +115,8 @@ def _present_counts(raw: pa.Table, contract: Contract) -> Dict[str, int]:
 # --- state datasets: the newest row of each key, refined on the driver --------------------------------
 def _refine_state(ctx: RunContext, source: DatasetConfig, contract: Contract, pii_key: bytes) -> SilverResult:
     log = logs.get()
-    bronze, quarantine = bronze_spec(source), quarantine_spec(source)
+    bronze = bronze_spec(source)
+    quarantine = quarantine_spec(source, held=ctx.lake.columns(f"quarantine.{source.name}"))
     silver = silver_spec(source, contract)
     pending = pending_runs(ctx, bronze.identifier, silver.identifier)
     if not pending:
@@ -180,7 +183,8 @@ def _annotate(batch: pa.Table, contract: Contract, schema: pa.Schema,
                                             discard_rows["missing_by_file"])  # type: ignore[arg-type]
         joined = join_reasons(reasons, pd.Series(failures.to_numpy(zero_copy_only=False), index=reasons.index))
         failures = pa.array(joined.to_numpy(), pa.string(), from_pandas=True)
-    table = _encode_repeated(batch.select(schema.names[:-1]).cast(pa.schema(list(schema)[:-1])))
+    rows = pa.schema([f for f in schema if f.name != "_failed_rules"])
+    table = _encode_repeated(batch.select(rows.names).cast(rows))
     return table.append_column(schema.field("_failed_rules"), failures)
 
 
@@ -218,16 +222,43 @@ def _summarize(batch: pa.Table, contract: Contract) -> pa.Table:
                      "_valid_ids": pa.ListArray.from_arrays(pa.array([0, len(ids)], pa.int32()), ids)})
 
 
-def _first_occurrences(group: pa.Table, existing: pa.Array, contract: Contract) -> pa.Table:
-    """Keep the first row of each key not already in silver: the earliest bronze run's (run ids sort by
-    start time), then by source file and row hash."""
-    keys = contract.key_text(group, typed=True)
-    group = group.append_column("_key", keys).sort_by([("_key", "ascending"), ("_run_id", "ascending"),
-                                                       ("_source_file", "ascending"), ("_row_hash", "ascending")])
-    ids = group.column("_key").to_numpy(zero_copy_only=False)
-    first = np.r_[True, ids[1:] != ids[:-1]] if len(ids) else np.zeros(0, dtype=bool)
-    known = pc.is_in(group.column("_key"), value_set=existing).to_numpy(zero_copy_only=False)
-    return group.filter(pa.array(first & ~known)).drop_columns(["_key"])
+def _settle(group: pa.Table, held: pa.Table, contract: Contract) -> tuple:
+    """Settle the rows of keys that occur more than once, or that silver already holds (`held`: their key
+    text and row hash): (the winners, as silver rows; the (key, row hash) of the conflicts).
+    Per key, the first delivery wins: the earliest bronze run (run ids sort by start time), then source
+    file. A later row with the same content (row hash) is a duplicate, dropped; one with other content is
+    a conflict, quarantined as `key_conflict` (an event is not silently replaced, nor its correction lost).
+    Against silver, the row it holds is the first delivery. Two contents of a key in the file that
+    delivers it first are ambiguous: no row of that key wins, each is a conflict."""
+    keys = contract.key_text(group, typed=True).to_numpy(zero_copy_only=False)
+    rows = pd.DataFrame({"key": keys, "run": group.column("_run_id").to_numpy(zero_copy_only=False),
+                         "file": group.column("_source_file").to_numpy(zero_copy_only=False),
+                         "hash": group.column("_row_hash").to_numpy(zero_copy_only=False)})
+    rows = rows.sort_values(["key", "run", "file", "hash"], kind="stable")
+    first = rows.groupby("key", sort=False).head(1).set_index("key")
+    held_hash = pd.Series(held.column("_row_hash").to_numpy(zero_copy_only=False),
+                          index=held.column("_key").to_numpy(zero_copy_only=False))
+    held_hash = held_hash[~held_hash.index.duplicated()]
+    reference = rows["key"].map(held_hash).fillna(rows["key"].map(first["hash"]))
+    in_first_file = (rows["run"] == rows["key"].map(first["run"])) & (rows["file"] == rows["key"].map(first["file"]))
+    is_held = rows["key"].isin(held_hash.index)
+    ambiguous = set(rows.loc[in_first_file & ~is_held & (rows["hash"] != reference), "key"])
+    conflict = (rows["hash"] != reference) | rows["key"].isin(ambiguous)
+    winner = ~is_held & ~conflict & ~rows.duplicated("key")
+    winners = group.take(pa.array(rows.index[winner].to_numpy()))
+    return winners, rows.loc[conflict, ["key", "hash"]]
+
+
+def _conflicting(batch: pa.Table, contract: Contract, hashes: pa.Array, keys: pa.Array, schema: pa.Schema,
+                 pii: Mapping[str, str], pii_key: bytes) -> pa.Table:
+    """The valid bronze rows that lost to a different row of their key: quarantine rows (`key_conflict`)."""
+    valid = batch.filter(pc.is_null(batch.column("_failed_rules")))
+    hit = pc.and_(pc.is_in(valid.column("_row_hash"), value_set=hashes),
+                  pc.is_in(contract.key_text(valid, typed=False), value_set=keys))
+    rows = valid.filter(hit)
+    rows = rows.set_column(rows.schema.get_field_index("_failed_rules"), "_failed_rules",
+                           pa.array([KEY_CONFLICT_RULE] * rows.num_rows, pa.string()))
+    return protect(rows.select(schema.names), pii, pii_key).cast(schema)
 
 
 def contested_ids(ids: pa.ChunkedArray) -> pa.Array:
@@ -244,11 +275,12 @@ def _rows_with_ids(batch: pa.Table, ids: pa.Array, keep: bool, contract: Contrac
 
 def _arrow(ds: ray.data.Dataset, schema: pa.Schema) -> pa.Table:
     """A (small) dataset as one Arrow table on the driver."""
-    tables = ray.get(ds.to_arrow_refs())
+    tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]  # an empty block may have no columns
     return pa.concat_tables([t.cast(schema) for t in tables]) if tables else schema.empty_table()
 
 
 EMPTY = (np.iinfo(np.int64).max, np.iinfo(np.int64).min)  # the edges of a block without rows
+HELD_NONE = pa.table({"_key": pa.array([], pa.string()), "_row_hash": pa.array([], pa.string())})
 
 
 @dataclass
@@ -260,18 +292,19 @@ class _Refined:
     present: Dict[str, int]  # per declared column, rows with a value
     first_day: dt.date | None  # event days of the valid rows
     last_day: dt.date | None
+    conflicts: int = 0  # valid rows quarantined as key conflicts (in `bad`)
 
 
 def _split_and_deduplicate(ctx: RunContext, checked: ray.data.Dataset, contract: Contract, extras: List[str],
                            quarantine: TableSpec, silver: TableSpec, event_time: str,
-                           held_ids: Callable[[dt.date, dt.date], pa.Array], pii_key: bytes) -> _Refined:
+                           held_ids: Callable[[dt.date, dt.date], pa.Table], pii_key: bytes) -> _Refined:
     """Annotated bronze rows -> quarantine rows and deduplicated silver rows, in as few passes as possible
     (each pass over 10M rows costs seconds on Ray). One pass counts the rows and values and brings the
     valid rows' keys to the driver, which finds the keys that occur twice; duplicates are rare, so the
     rows with any other key become silver rows where they are (blocks, and so files, stay clustered by
     day) and only the contested rows are settled on the driver. `held_ids(first, last)` are the keys
-    silver already holds for those event days (a re-delivered row is not a new one). Small inputs are
-    settled on the driver whole, by the same rule."""
+    silver already holds for those event days, with their row hashes (a re-delivered row is not a new one;
+    with other content it is a conflict). Small inputs are settled on the driver whole, by the same rule."""
     columns = contract.names
     summary = _arrow(checked.map_batches(_summarize, fn_kwargs={"contract": contract}, batch_format="pyarrow"),
                      pa.schema([pa.field("_rows", pa.int64())] + [pa.field(c, pa.int64()) for c in columns]
@@ -294,18 +327,35 @@ def _split_and_deduplicate(ctx: RunContext, checked: ray.data.Dataset, contract:
     instants = np.concatenate([edges[edges[:, 0] != EMPTY[0]].ravel(), ts])
     first_day = _utc_day(instants.min()) if len(instants) else None
     last_day = _utc_day(instants.max()) if len(instants) else None
-    existing = held_ids(first_day, last_day) if first_day else pa.array([], pa.string())
+    existing_rows = held_ids(first_day, last_day) if first_day else HELD_NONE
+    existing_rows = existing_rows.cast(HELD_NONE.schema)  # as read back from silver: perhaps large strings
+    existing = existing_rows.column("_key").combine_chunks()
     # a small look-up set (and no hash set of every key, ~1.5 s at 10M, when silver holds none of these days)
     held_here = (existing.filter(pc.is_in(existing, value_set=ids)).cast(pa.string()) if len(existing)
                  else pa.array([], pa.string()))
+    singles_before = singles
     if len(held_here):
         singles = singles.map_batches(_rows_with_ids, fn_kwargs={"ids": held_here, "keep": False, "contract": contract},
                                       batch_format="pyarrow").materialize()
         blocks = singles.to_arrow_refs()  # re-blocked (Ray merges emptied blocks away): edges anew
         edges = _block_edges(blocks, event_time)
-    winners = _first_occurrences(disputed, held_here, contract)
+    if len(held_here):  # re-delivered rows: each is a duplicate or a conflict of the row silver holds
+        redelivered = _arrow(singles_before.map_batches(
+            _rows_with_ids, fn_kwargs={"ids": held_here, "keep": True, "contract": contract},
+            batch_format="pyarrow"), silver.schema)
+        disputed = pa.concat_tables([disputed, redelivered])
+    winners, conflicts = _settle(disputed, existing_rows.filter(pc.is_in(existing_rows.column("_key"),
+                                                                         value_set=held_here)), contract)
     deduped = _beside_their_days(blocks, edges[:, 0], winners, event_time) if winners.num_rows else singles
-    return _Refined(bad.materialize(), deduped, rows_in, len(ids), present, first_day, last_day)
+    if len(conflicts):
+        logs.get().warning("rows quarantined as key conflicts: a key delivered again with other content",
+                           rows=len(conflicts), keys=conflicts["key"].nunique())
+        lost = checked.map_batches(_conflicting, fn_kwargs={
+            "contract": contract, "hashes": pa.array(conflicts["hash"].unique(), pa.string()),
+            "keys": pa.array(conflicts["key"].unique(), pa.string()), "schema": quarantine.schema,
+            "pii": dict(contract.pii), "pii_key": pii_key}, batch_format="pyarrow")
+        bad = bad.union(lost)
+    return _Refined(bad.materialize(), deduped, rows_in, len(ids), present, first_day, last_day, len(conflicts))
 
 
 @ray.remote
@@ -354,7 +404,7 @@ def _beside_their_days(blocks: List[ray.ObjectRef], starts: np.ndarray, rows: pa
 def _refine_events(ctx: RunContext, source: DatasetConfig, contract: Contract, pii_key: bytes) -> SilverResult:
     log = logs.get()
     bronze = bronze_spec(source, ctx.lake)
-    quarantine = quarantine_spec(source, bronze)
+    quarantine = quarantine_spec(source, bronze, ctx.lake.columns(f"quarantine.{source.name}"))
     held = silver_extras(ctx, source)
     pending = pending_runs(ctx, bronze.identifier, f"silver.{source.name}")
     if not pending:
@@ -382,19 +432,20 @@ def _refine_events(ctx: RunContext, source: DatasetConfig, contract: Contract, p
     )
     event_time = str(source.event_time)
 
-    def held_ids(first_day: dt.date, last_day: dt.date) -> pa.Array:
+    def held_ids(first_day: dt.date, last_day: dt.date) -> pa.Table:
         if not ctx.lake.exists(silver.identifier):
-            return pa.array([], pa.string())
+            return HELD_NONE
         rows = ctx.lake.read_arrow(silver.identifier, And(day_range(event_time, first_day, last_day + DAY),
-                                                          NotIn("_run_id", pending)), list(contract.key))
-        return contract.key_text(rows, typed=True).combine_chunks()
+                                                          NotIn("_run_id", pending)), list(contract.key) + ["_row_hash"])
+        return pa.table({"_key": contract.key_text(rows, typed=True).combine_chunks(),
+                         "_row_hash": rows.column("_row_hash").combine_chunks()})
 
     refined = _split_and_deduplicate(ctx, checked, contract, extras, quarantine, silver, event_time, held_ids, pii_key)
     # every bronze row is now in `bad` or `silver` (or dropped as a duplicate): free the object store (a
     # Dataset sits in reference cycles, so only the cycle collector releases its blocks)
     del checked
     gc.collect()
-    rows_in, n_valid, n_silver = refined.rows_in, refined.valid, refined.silver.count()
+    rows_in, n_valid, n_silver = refined.rows_in, refined.valid - refined.conflicts, refined.silver.count()
     replaces = col("_run_id").is_in(pending)
     ctx.lake.ensure(quarantine, evolve=True)
     ctx.lake.ensure(silver, evolve=True)
@@ -428,7 +479,7 @@ def rebuild(ctx: RunContext, source: DatasetConfig, contract: Contract, pii_key:
     event_time = str(source.event_time)
     zone_less = source.columns[event_time].naive
     bronze = bronze_spec(source, ctx.lake)
-    quarantine = quarantine_spec(source, bronze)
+    quarantine = quarantine_spec(source, bronze, ctx.lake.columns(f"quarantine.{source.name}"))
     extras = silver_extras(ctx, source)
     silver = silver_spec(source, contract, extras)
     ctx.read(bronze.identifier)
@@ -446,10 +497,11 @@ def rebuild(ctx: RunContext, source: DatasetConfig, contract: Contract, pii_key:
         .materialize()
     )
     refined = _split_and_deduplicate(ctx, checked, contract, extras, quarantine, silver, event_time,
-                                     lambda first_day, last_day: pa.array([], pa.string()), pii_key)
+                                     lambda first_day, last_day: HELD_NONE, pii_key)
     bad, deduped = refined.bad, refined.silver
     n_silver = deduped.count()
-    result = SilverResult(refined.rows_in, n_silver, refined.rows_in - refined.valid, refined.valid - n_silver,
+    n_valid = refined.valid - refined.conflicts
+    result = SilverResult(refined.rows_in, n_silver, refined.rows_in - n_valid, n_valid - n_silver,
                           start, end - DAY, present=refined.present)
     ctx.lake.ensure(silver, evolve=True)
     ctx.lake.ensure(quarantine, evolve=True)
