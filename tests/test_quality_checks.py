@@ -64,3 +64,39 @@ def test_psi_puts_values_beyond_the_edges_in_the_outer_bins_and_handles_a_consta
     value, _, _, cur_counts = checks.psi(np.arange(100.0), np.arange(100.0) * 100, 10)
     assert cur_counts == [1] + [0] * 8 + [99]
     assert value > 1.0
+
+
+def test_a_share_of_fewer_than_min_rows_is_reported_not_judged():
+    # one malformed line in a 6-row file: 5/6 = 0.83 < 0.95, but 6 rows say nothing about the source
+    small = checks.completeness("transactions", "amount", 5, 6, 0.95, "fail", min_rows=100)
+    assert (small.value, small.passed) == (5 / 6, True)
+    assert small.detail == "5 of 6 rows have a value; not judged: 6 rows, fewer than quality.min_rows=100"
+    assert not checks.completeness("transactions", "amount", 94, 100, 0.95, "fail", min_rows=100).passed
+    few = checks.value_range("transactions", "amount", 3, 10, 0.01, 2000.0, 0.01, "fail", min_rows=100)
+    assert (few.value, few.passed) == (0.3, True) and few.detail.endswith("fewer than quality.min_rows=100")
+
+
+def test_row_count_history_holds_only_runs_that_passed_every_check(tmp_path):
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+
+    from pipelines.quality.gate import HISTORY, _history
+    from tests.test_lake import lake_at
+
+    lake = lake_at(tmp_path)
+    at = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    runs = [  # (run, gate passed, [(check, value, passed)])
+        ("r1", True, [("row_count.tx", 1000.0, True), ("drift.f.x", 0.1, True)]),
+        ("r2", True, [("row_count.tx", 5.0, False), ("drift.f.x", 0.1, True)]),  # row count let through by warn
+        ("r3", True, [("row_count.tx", 4.0, True), ("completeness.tx.a", 0.8, False)]),  # another check warned
+        ("r4", False, [("row_count.tx", 900.0, True), ("drift.f.x", 0.9, False)]),  # the gate failed
+        ("r5", True, [("row_count.tx", 1100.0, True), ("drift.f.x", None, True)]),
+    ]
+    rows = [{"run_id": run, "checked_at": at + dt.timedelta(days=i), "gate_passed": gate, "name": name,
+             "kind": name.split(".")[0], "table": "bronze.tx", "value": value, "threshold": "", "severity": "warn",
+             "passed": passed, "detail": ""} for i, (run, gate, checked) in enumerate(runs)
+            for name, value, passed in checked]
+    lake.commit_arrow(pa.Table.from_pylist(rows, schema=HISTORY.schema), HISTORY, {})
+    assert _history(SimpleNamespace(lake=lake), "row_count.tx", 5) == [("r1", 1000.0), ("r5", 1100.0)]
+    assert _history(SimpleNamespace(lake=lake), "row_count.tx", 1) == [("r5", 1100.0)]

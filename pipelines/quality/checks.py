@@ -17,20 +17,29 @@ from pipelines.quality.results import CheckResult
 PSI_EPSILON = 1e-4  # stands in for an empty bin's share, so the logarithm stays finite
 
 
-def completeness(dataset: str, column: str, present: int, rows: int, threshold: float, severity: str) -> CheckResult:
+def _undecided(rows: int, min_rows: int) -> str:
+    return f"; not judged: {rows} rows, fewer than quality.min_rows={min_rows}" if 0 < rows < min_rows else ""
+
+
+def completeness(dataset: str, column: str, present: int, rows: int, threshold: float, severity: str,
+                 min_rows: int = 0) -> CheckResult:
+    """The share of rows with a value; a share of fewer than `min_rows` rows is reported, not judged."""
     value = present / rows if rows else None
+    undecided = _undecided(rows, min_rows)
     return CheckResult(f"completeness.{dataset}.{column}", "completeness", f"bronze.{dataset}", value,
-                       f">= {threshold:g}", severity, value is None or value >= threshold,
-                       f"{present} of {rows} rows have a value")
+                       f">= {threshold:g}", severity, value is None or bool(undecided) or value >= threshold,
+                       f"{present} of {rows} rows have a value{undecided}")
 
 
 def value_range(dataset: str, column: str, outside: int, rows: int, low: Optional[float], high: Optional[float],
-                max_outside_fraction: float, severity: str) -> CheckResult:
+                max_outside_fraction: float, severity: str, min_rows: int = 0) -> CheckResult:
     value = outside / rows if rows else None
     bounds = f"[{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}]"
+    undecided = _undecided(rows, min_rows)
     return CheckResult(f"range.{dataset}.{column}", "range", f"silver.{dataset}", value,
                        f"<= {max_outside_fraction:g} of rows outside {bounds}", severity,
-                       value is None or value <= max_outside_fraction, f"{outside} of {rows} rows outside {bounds}")
+                       value is None or bool(undecided) or value <= max_outside_fraction,
+                       f"{outside} of {rows} rows outside {bounds}{undecided}")
 
 
 def row_count(dataset: str, rows_per_file: Optional[float], history: Sequence[float], band: float,

@@ -9,7 +9,9 @@ and fails the same way until the files are replaced (a changed file is a new uni
 relaxed (for example `quality.drift.severity=warn`).
 
 Every check of every run is appended to `quality.check_results`, which is also the history the row-count
-check compares against (passing runs only, so a rejected batch never becomes the norm).
+check compares against (runs that passed every check only, so neither a rejected batch nor one a `warn`
+let through becomes the norm). A share (completeness, values outside a range) of fewer than
+`quality.min_rows` rows is reported, not judged.
 """
 
 from __future__ import annotations
@@ -101,11 +103,15 @@ def _units(ctx: RunContext, dataset: str, runs: Sequence[str]) -> int:
 
 
 def _history(ctx: RunContext, name: str, runs: int) -> List[tuple]:
-    """(run id, value) of the check in the last `runs` runs whose gate passed, oldest first."""
+    """(run id, value) of the check in the last `runs` runs that passed every check, oldest first: a run
+    let through by a `warn` (a few odd small files, a check relaxed for one run) is not a norm to learn."""
     if not ctx.lake.exists(HISTORY.identifier):
         return []
-    rows = ctx.lake.read_arrow(HISTORY.identifier, EqualTo("name", name)).to_pandas()
-    rows = rows[rows["gate_passed"] & rows["value"].notna()].sort_values("checked_at")
+    rows = ctx.lake.read_arrow(HISTORY.identifier, columns=["run_id", "checked_at", "gate_passed", "name", "value",
+                                                            "passed"]).to_pandas()
+    clean = rows.groupby("run_id")["passed"].all()
+    rows = rows[(rows["name"] == name) & rows["gate_passed"] & rows["run_id"].map(clean) & rows["value"].notna()]
+    rows = rows.sort_values("checked_at")
     return list(rows[["run_id", "value"]].tail(runs).itertuples(index=False, name=None))
 
 
@@ -169,7 +175,7 @@ def measure(ctx: RunContext, refined: List[Refined], built: Dict[str, object], s
         for column in item.columns:
             report.checks.append(checks.completeness(item.dataset, column, item.present[column], rows,
                                                      overrides.get(column, q.completeness.threshold),
-                                                     q.completeness.severity))
+                                                     q.completeness.severity, q.min_rows))
         units = _units(ctx, item.dataset, item.bronze_runs)
         name = f"row_count.{item.dataset}"
         change_feed = bool(declared.watermark_column)
@@ -187,7 +193,7 @@ def measure(ctx: RunContext, refined: List[Refined], built: Dict[str, object], s
                        high=bounds.max)
             report.checks.append(checks.value_range(item.dataset, column, int(got.get("outside", 0)),
                                                     int(got.get("_rows", 0)), bounds.min, bounds.max,
-                                                    bounds.max_outside_fraction, bounds.severity))
+                                                    bounds.max_outside_fraction, bounds.severity, q.min_rows))
         sla = declared.quality.freshness
         if sla is not None and declared.event_time:
             latest = _latest_event(ctx, f"silver.{item.dataset}", declared.event_time)
