@@ -174,6 +174,9 @@ def check_file(source_path: str, file: SourceFile) -> Tuple[Optional[str], List[
             with fs.open_input_file(file.path) as handle:
                 parquet = pq.ParquetFile(handle)
                 names, rows = parquet.schema_arrow.names, parquet.metadata.num_rows
+                untextual = [f"{f.name} ({f.type})" for f in parquet.schema_arrow if not _textual(f.type)]
+            if untextual:  # bronze holds text: a nested or binary value has no exact text form
+                return f"column(s) of a type bronze cannot hold as text: {', '.join(untextual)}", names
         else:
             content = read_bytes(fs, file)
             try:  # the parser in the Ray task would fail on it half-way through the ingest
@@ -200,7 +203,21 @@ def check_file(source_path: str, file: SourceFile) -> Tuple[Optional[str], List[
     return None, names
 
 
+def _textual(kind: pa.DataType) -> bool:
+    """Whether a Parquet column's values have one exact text form (what `_as_text` writes)."""
+    if pa.types.is_dictionary(kind):
+        return _textual(kind.value_type)
+    return any(check(kind) for check in (pa.types.is_string, pa.types.is_large_string, pa.types.is_integer,
+                                         pa.types.is_floating, pa.types.is_decimal, pa.types.is_boolean,
+                                         pa.types.is_date, pa.types.is_timestamp, pa.types.is_time,
+                                         pa.types.is_null))
+
+
 def _as_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    if pa.types.is_timestamp(column.type) and column.type.unit == "ns":
+        # nanoseconds (pandas' default) written out whole: bronze keeps what arrived; silver's microsecond
+        # timestamps drop the last three digits (a cast to microseconds here failed the whole ingest)
+        return pc.strftime(column.cast(pa.timestamp("ns", tz="UTC")), format="%Y-%m-%dT%H:%M:%SZ")
     if pa.types.is_timestamp(column.type):
         # ISO-8601 with microseconds and an explicit UTC designator: what silver parses back
         return timestamp_text(column.cast(pa.timestamp("us", tz="UTC")))

@@ -8,6 +8,7 @@ content hash. Each bronze commit records the units it ingested in its snapshot p
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
@@ -156,14 +157,56 @@ def _ingest_files(ctx: RunContext, file_plan: FilePlan) -> BronzeResult:
         return BronzeResult(0, [])
     if file_plan.new_columns:
         log.warning("bronze evolved", table=spec.identifier, added_columns=file_plan.new_columns)
-    ds = sources.read_files(name, source, good, file_plan.columns_by_file, sources.data_columns(spec.schema),
-                            ctx.cfg.schema_policy.bronze, spec.schema, ctx.run_id, ctx.started_at).materialize()
+
+    def read(files: List[sources.SourceFile]):
+        return sources.read_files(name, source, files, file_plan.columns_by_file, sources.data_columns(spec.schema),
+                                  ctx.cfg.schema_policy.bronze, spec.schema, ctx.run_id, ctx.started_at).materialize()
+
+    try:
+        ds = read(good)
+    except Exception as failure:  # a file the driver's checks let through failed in its read task: refuse it
+        good = _refuse_unreadable(ctx, file_plan, read, failure)
+        if not good:
+            return BronzeResult(0, [])
+        ds = read(good)
     rows = ds.count()
     units = tuple(Unit(f.uri, f.sha256, tuple(file_plan.columns_by_file[f.uri])) for f in good)
     snapshot = ctx.lake.write(ds, spec, ctx.commit_properties(source=name, units=units))
     ctx.wrote(spec.identifier, snapshot)
     log.info("bronze written", source=name, table=spec.identifier, rows=rows, files=len(good))
     return BronzeResult(rows, [f.uri for f in good])
+
+
+def _refuse_unreadable(ctx: RunContext, file_plan: FilePlan, read, failure: Exception) -> List[sources.SourceFile]:
+    """Read each new file alone; the ones that fail are rejected (recorded, counted, one log line each) like
+    the files the checks refuse, and the others returned. Nothing was committed: the read comes first."""
+    log = logs.get()
+    readable, refused = [], []
+    for file in file_plan.new_files:
+        try:
+            read([file])
+            readable.append(file)
+        except Exception as exc:
+            refused.append(file_ledger.NotIngested(file_plan.name, file.uri, file.sha256, file_ledger.REJECTED,
+                                                   f"cannot read {file.format} file: {_error_line(exc)}"))
+    if not refused:
+        raise failure  # not a file's fault
+    file_ledger.record(ctx.lake, refused, ctx.run_id, ctx.commit_properties())
+    for entry in refused:
+        ctx.rejected_files.append({"source": file_plan.name, "file": entry.uri, "reason": entry.reason})
+        log.error("file rejected", source=file_plan.name, file=entry.uri, reason=entry.reason)
+    file_plan.not_ingested += refused
+    file_plan.files["ingested"] -= len(refused)
+    file_plan.files["rejected"] += len(refused)
+    file_plan.new_files = readable
+    return readable
+
+
+def _error_line(exc: BaseException) -> str:
+    """The original error of a failed Ray task, in one line (Ray wraps it in lines of its own)."""
+    found = re.findall(r"^\s*(?:[\w]+\.)*(\w*(?:Error|Exception|Invalid)): (.+)$", str(exc), re.MULTILINE)
+    own = [(kind, text) for kind, text in found if kind not in ("UserCodeException", "RayTaskError")]
+    return f"{own[-1][0]}: {own[-1][1].strip()}" if own else str(exc).splitlines()[0]
 
 
 def _last_watermark(ctx: RunContext, spec: TableSpec, name: str) -> Optional[str]:
