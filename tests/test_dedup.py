@@ -36,22 +36,19 @@ def held_hash(key: str) -> str:
 
 
 def reference(valid: pd.DataFrame, existing: set) -> tuple:
-    """(silver rows, conflicting rows), key by key as the README says: the first delivery (run, then file)
-    wins; a later row with the same content is a duplicate, one with other content a conflict; against a
-    row silver holds, that row is the first delivery; two contents in the first file: all conflicts."""
+    """(silver rows, conflicting rows), key by key as the README says, delivery by delivery (a run's file, in
+    run then file order): the first delivery giving the key one content wins; a later row of that content is
+    a duplicate, of other content a conflict; a delivery giving it two contents before a winner: conflicts;
+    against a row silver holds, that row is the winner."""
     winners, conflicts = [], []
     for key, rows in valid.groupby("tx_id", sort=False):
-        rows = rows.sort_values(["_run_id", "_source_file"], kind="mergesort")
-        if key in existing:
-            conflicts += [r for _, r in rows.iterrows() if r["_row_hash"] != held_hash(key)]
-            continue
-        first = rows.iloc[0]
-        in_first_file = rows[(rows["_run_id"] == first["_run_id"]) & (rows["_source_file"] == first["_source_file"])]
-        if in_first_file["_row_hash"].nunique() > 1:
-            conflicts += [r for _, r in rows.iterrows()]
-            continue
-        winners.append(first)
-        conflicts += [r for _, r in rows.iterrows() if r["_row_hash"] != first["_row_hash"]]
+        winner = held_hash(key) if key in existing else None
+        for _, delivery in sorted(rows.groupby(["_run_id", "_source_file"]), key=lambda kv: kv[0]):
+            if winner is None and delivery["_row_hash"].nunique() == 1:
+                winner = delivery["_row_hash"].iloc[0]
+                winners.append(delivery.iloc[0])
+                continue
+            conflicts += [r for _, r in delivery.iterrows() if r["_row_hash"] != winner]
     return pd.DataFrame(winners, columns=valid.columns), pd.DataFrame(conflicts, columns=valid.columns)
 
 

@@ -229,14 +229,14 @@ def test_oracle_on_hand_written_rows(tmp_path):
         "south,4,2026-03-02T00:00:00Z,1e1,40,ok",  # 12 no exponent in a decimal
     ])
     write_file(project, "readings", "b.csv", 0, [
-        "north,01,2026-03-01T10:00:00,22.00,41,ok",  # 2 = key of a.csv:2 (01 = 1, zone-less = UTC)
+        "north,01,2026-03-01T10:00:00,22.00,41,ok",  # 2 = key of a.csv:2 (01 = 1, zone-less = UTC), other values
         '"east,annex",4,2026-03-02T00:00:00+00:00,0,NA,degraded',  # 3 valid, a comma in a quoted site
     ])
     write_file(project, "readings", "c.csv", 1, [
-        "north,1,2026-03-01T10:00:00Z,23.00,42,ok",  # 2 silver holds the key from batch 0
+        "north,1,2026-03-01T10:00:00Z,23.00,42,ok",  # 2 silver holds the key from batch 0, other values
         "west,5,2026-03-03T05:00:00Z,5.5,NA,ok",  # 3 valid
         "south,4,2026-03-04T21:00:00Z,24.00,60.0,ok",  # 4 row hash b13e0c88b697914d
-        "south,4,2026-03-04T23:00:00+02:00,25.00,61.0,ok",  # 5 same key, row hash ae84e0e5ce950758: wins
+        "south,4,2026-03-04T23:00:00+02:00,25.00,61.0,ok",  # 5 same key, other values, same file: no winner
     ])
     write_file(project, "sensors", "s1.csv", 0, [
         "1,m-100,2025-06-01T00:00:00Z", "2,NA,", "x,m,2025-01-01T00:00:00Z", "3,m-3,2025-02-30T00:00:00Z"])
@@ -256,19 +256,19 @@ def test_oracle_on_hand_written_rows(tmp_path):
         ("a.csv", 10): "reading_time_not_after_cutoff",
         ("a.csv", 11): "valid",
         ("a.csv", 12): "temperature_parseable",
-        ("b.csv", 2): "duplicate",
+        ("b.csv", 2): "key_conflict",
         ("b.csv", 3): "valid",
-        ("c.csv", 2): "duplicate",
+        ("c.csv", 2): "key_conflict",
         ("c.csv", 3): "valid",
-        ("c.csv", 4): "duplicate",
-        ("c.csv", 5): "valid",
+        ("c.csv", 4): "key_conflict",
+        ("c.csv", 5): "key_conflict",
     }
     hashes = {(r.file, r.number): r.hash for r in both.rows}
     assert hashes[("c.csv", 4)] == "b13e0c88b697914d" and hashes[("c.csv", 5)] == "ae84e0e5ce950758"
-    assert first.counts == {0: {"bronze_rows_refined": 13, "silver_rows_added": 3, "quarantined": 9,
-                                "duplicates_dropped": 1}}
-    assert both.counts[1] == {"bronze_rows_refined": 4, "silver_rows_added": 2, "quarantined": 0,
-                              "duplicates_dropped": 2}
+    assert first.counts == {0: {"bronze_rows_refined": 13, "silver_rows_added": 3, "quarantined": 10,
+                                "duplicates_dropped": 0}}
+    assert both.counts[1] == {"bronze_rows_refined": 4, "silver_rows_added": 1, "quarantined": 3,
+                              "duplicates_dropped": 0}
 
     def at(text: str) -> dt.datetime:
         return dt.datetime.fromisoformat(text).replace(tzinfo=UTC)
@@ -280,8 +280,6 @@ def test_oracle_on_hand_written_rows(tmp_path):
          "temperature": Decimal("21.50"), "humidity": 40.5, "status": "ok"},
         {"site": "south", "sensor_id": 3, "reading_time": at("2026-03-07T23:59:59.999999"),
          "temperature": Decimal("10"), "humidity": None, "status": None},
-        {"site": "south", "sensor_id": 4, "reading_time": at("2026-03-04T21:00:00"),
-         "temperature": Decimal("25.00"), "humidity": 61.0, "status": "ok"},
         {"site": "west", "sensor_id": 5, "reading_time": at("2026-03-03T05:00:00"),
          "temperature": Decimal("5.5"), "humidity": None, "status": "ok"},
     ]
@@ -289,7 +287,9 @@ def test_oracle_on_hand_written_rows(tmp_path):
     assert both.quarantine()[(("a.csv", "row", ("north", "2", "2026-03-01T11:00:00Z", "60.01", None, "degraded")),
                               "temperature_in_range")] == 1
     assert both.quarantine()[(("a.csv", "malformed", "north,1,2026-03-01"), "line_well_formed")] == 1
-    assert sum(both.quarantine().values()) == 9
+    assert both.quarantine()[(("c.csv", "row", ("south", "4", "2026-03-04T21:00:00Z", "24.00", "60.0", "ok")),
+                              "key_conflict")] == 1
+    assert sum(both.quarantine().values()) == 13
 
     sensors = expected_silver(project, "sensors")
     assert sensors.outcome == {("s1.csv", 2): "replaced", ("s1.csv", 3): "valid", ("s1.csv", 4): "sensor_id_parseable",
@@ -308,8 +308,8 @@ def test_oracle_on_hand_written_rows(tmp_path):
     row = gold.loc[(1, day(8))]  # 03-01T10:00 is in the 7-day window of 03-08 only
     assert (row["readings_1d"], row["readings_7d"], row["temp_sum_1d"], row["temp_sum_7d"]) == (0, 1, 0.0, 21.5)
     assert pd.isna(row["temp_max_1d"]) and row["temp_max_7d"] == 21.5
-    row = gold.loc[(4, day(5))]  # 03-02T00:00 (east,annex; humidity missing) and 03-04T21:00 (south)
-    assert (row["readings_3d"], row["sites_7d"], row["temp_sum_3d"], row["humidity_sum_3d"]) == (2, 2, 25.0, 61.0)
+    row = gold.loc[(4, day(5))]  # 03-02T00:00 (east,annex; temperature 0, humidity missing); 03-04T21:00 conflicted
+    assert (row["readings_3d"], row["sites_7d"], row["temp_sum_3d"], row["humidity_sum_3d"]) == (1, 1, 0.0, 0.0)
     assert pd.isna(row["model"]) and pd.isna(row["age_days"])  # sensor 4 is not in sensors
     row = gold.loc[(3, day(8))]
     assert (row["readings_1d"], row["temp_sum_1d"], row["humidity_sum_3d"], row["age_days"]) == (1, 10.0, 0.0, 251)
@@ -327,27 +327,24 @@ def test_oracle_agrees_with_the_planted_dirt(tmp_path):
         for planted in (p for p in project.planted if p["file"] in {f.name for f in project.files_of(dataset)}):
             row = by_line[(planted["file"], planted["line"])]
             got = expected.outcome[(row.file, row.number)]
-            if planted["expect"] == "valid-or-duplicate":
-                assert got in ("valid", "duplicate"), planted
-            else:
-                assert got == planted["expect"], (planted, got)
+            assert got == planted["expect"], (planted, got)
     readings = expected_silver(project)
     for counts in readings.counts.values():
         assert counts["bronze_rows_refined"] == counts["silver_rows_added"] + counts["quarantined"] + \
             counts["duplicates_dropped"]
-    assert readings.counts[0]["duplicates_dropped"] >= 4 and readings.counts[1]["duplicates_dropped"] == 2
+    assert readings.counts[0]["duplicates_dropped"] >= 2 and readings.counts[1]["duplicates_dropped"] == 1
+    conflicts = Counter(r.batch for r in readings.rows if r.rules == ["key_conflict"])
+    assert conflicts == {0: 4, 1: 1}  # planted: 2 re-deliveries + a pair in one file; 1 re-delivery
     rules = {rule for r in readings.rows for rule in r.rules}
     assert rules == {"line_well_formed", "site_present", "sensor_id_present", "sensor_id_parseable",
                      "reading_time_present", "reading_time_parseable", "reading_time_not_after_cutoff",
                      "temperature_present", "temperature_parseable", "temperature_in_range",
-                     "humidity_parseable", "status_allowed"}
-    # the winner of the one key written twice in one file is the copy with the smaller row hash
+                     "humidity_parseable", "status_allowed", "key_conflict"}
+    # the one key written twice, differently, in the file that first delivers it: no winner, both conflicts
     pair = [r for r in readings.rows if r.file == "readings_2026-03-04.csv" and r.text.startswith("south,4,")
             and r.typed.get("reading_time") == dt.datetime(2026, 3, 4, 21, tzinfo=UTC)]
     assert len(pair) == 2
-    winner = min(pair, key=lambda r: r.hash)
-    assert [readings.outcome[(r.file, r.number)] for r in pair] == \
-        ["valid" if r is winner else "duplicate" for r in pair]
+    assert [readings.outcome[(r.file, r.number)] for r in pair] == ["key_conflict", "key_conflict"]
     # the project is deterministic, and its timestamps come in every spelling the spec names
     again = build_project(tmp_path / "q")
     assert [f.lines for f in again.files] == [f.lines for f in project.files_of("readings", 0) +

@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import importlib.util
+import itertools
 import random
 import re
 import sys
@@ -113,7 +114,8 @@ class Project:
     declarations: Dict[str, dict]
     files: List[DataFile] = field(default_factory=list)
     # dirt planted on purpose, noted by hand as it is written: {"file", "line", "expect"} where expect is
-    # the ';'-joined rules quarantine must record, or "duplicate", or "valid" (a tricky but valid line)
+    # the ';'-joined rules quarantine must record (key_conflict: a key's other content), or "duplicate", or
+    # "valid" (a tricky but valid line)
     planted: List[dict] = field(default_factory=list)
 
     @property
@@ -339,19 +341,19 @@ def build_project(root: Path, seed: int = 20260301, rows_per_day: int = 32) -> P
     # -- exact duplicate lines: in the same file, and a line of one day's file repeated in the next day's
     plant(d2, "duplicate", raw=_line(*records[d2][3]["fields"]))
     plant(d4, "duplicate", raw=_line(*records[d3][5]["fields"]))
-    # -- re-delivered keys with other values: the earlier file wins
+    # -- re-delivered keys with other values: the earlier file wins, the later line is a key_conflict
     site, sensor, ts_text = records[d1][2]["fields"][:3]
-    plant(d2, "duplicate", site, sensor, ts_text, "33.33", "99.0", "degraded")
+    plant(d2, "key_conflict", site, sensor, ts_text, "33.33", "99.0", "degraded")
     # the same key written differently: sensor id with a leading zero, the instant with an offset
     at = records[d2][4]["at"]
     site, sensor = records[d2][4]["fields"][:2]
-    plant(d3, "duplicate", site, "0" + sensor, _fmt_ts(at, "+02:00"), "34.44", "98.0", "ok")
+    plant(d3, "key_conflict", site, "0" + sensor, _fmt_ts(at, "+02:00"), "34.44", "98.0", "ok")
     # the first delivery of a key is invalid (quarantined), a later file's valid copy of it wins
     plant(d3, "temperature_in_range", "west", "5", "2026-03-03T20:00:00Z", "99.00", "50.0", "ok")
     plant(d4, "valid", "west", "5", "2026-03-03T20:00:00Z", "23.00", "50.5", "ok")
-    # one key twice in one file with different values: the smaller _row_hash wins (computed by the oracle)
-    plant(d4, "valid-or-duplicate", "south", "4", "2026-03-04T21:00:00Z", "24.00", "60.0", "ok")
-    plant(d4, "valid-or-duplicate", "south", "4", "2026-03-04T23:00:00+02:00", "25.00", "61.0", "ok")
+    # one key twice in its first file with different values: ambiguous, both are key_conflicts
+    plant(d4, "key_conflict", "south", "4", "2026-03-04T21:00:00Z", "24.00", "60.0", "ok")
+    plant(d4, "key_conflict", "south", "4", "2026-03-04T23:00:00+02:00", "25.00", "61.0", "ok")
 
     for day in days:
         write_file(project, "readings", f"readings_{day}.csv", 0, per_day[day])
@@ -385,7 +387,7 @@ def add_batch(project: Project) -> List[DataFile]:
     clean_lines = {f.name: [line for line in f.lines[1:] if line not in planted] for f in project.files_of("readings")}
     redelivered = next(csv.reader([clean_lines["readings_2026-03-02.csv"][6]]))[:3]
     extra = [
-        ("duplicate", _line(*redelivered, "1.11", "11.0", "ok")),  # a key of 03-02, other values
+        ("key_conflict", _line(*redelivered, "1.11", "11.0", "ok")),  # a key of 03-02, other values
         ("duplicate", clean_lines["readings_2026-03-04.csv"][2]),  # an exact copy of an earlier line
         ("valid", _line("north", "2", "2026-03-02T07:07:07Z", "7.07", "70.7", "ok")),  # late event of 03-02
         ("valid", _line("north", "2", "2026-03-08T00:30:00+01:00", "8.80", "NA", "ok")),  # = 03-07T23:30Z
@@ -586,15 +588,26 @@ def expected_silver(project: Project, dataset: str = "readings", upto_batch: Opt
     counts: Dict[int, Dict[str, int]] = {}
     winners: Dict[tuple, RawRow] = {}
     if declaration.get("event_time"):
-        # events: the first occurrence wins (earliest batch, then file path, then row hash); a key silver
-        # holds from an earlier batch drops every later copy
-        for row in sorted(valid, key=lambda r: (r.batch, r.file, r.hash)):
-            k = _key_of(row, key)
-            if k in winners:
-                outcome[(row.file, row.number)] = "duplicate"
-            else:
-                winners[k] = row
-                outcome[(row.file, row.number)] = "valid"
+        # events, delivery by delivery (a batch's file, in batch then file order): the first delivery that
+        # gives a key one content wins (its first line); a later line of that content is a duplicate, a line
+        # of other content a key_conflict (quarantined); a delivery giving a key two contents before it has a
+        # winner is ambiguous: each of its lines of that key is a key_conflict
+        by_key: Dict[tuple, List[RawRow]] = {}
+        for row in sorted(valid, key=lambda r: (r.batch, r.file, r.number)):
+            by_key.setdefault(_key_of(row, key), []).append(row)
+        for k, mine in by_key.items():
+            for _, delivery in itertools.groupby(mine, key=lambda r: (r.batch, r.file)):
+                delivery = list(delivery)
+                if k not in winners and len({r.hash for r in delivery}) == 1:
+                    winners[k] = delivery[0]
+                    outcome[(delivery[0].file, delivery[0].number)] = "valid"
+                    delivery = delivery[1:]
+                for row in delivery:
+                    if k in winners and row.hash == winners[k].hash:
+                        outcome[(row.file, row.number)] = "duplicate"
+                    else:
+                        row.rules = ["key_conflict"]
+                        outcome[(row.file, row.number)] = "key_conflict"
         for batch in sorted({r.batch for r in rows}):
             mine = [r for r in rows if r.batch == batch]
             counts[batch] = {

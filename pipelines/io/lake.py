@@ -269,6 +269,19 @@ class Lake:
         ))
         return self.current_snapshot_id(spec.identifier)
 
+    def record_only(self, spec: TableSpec, snapshot_properties: Dict[str, str]) -> Optional[int]:
+        """A commit that adds no rows, only its properties: what a write of no rows must still record (the
+        bronze runs a refinement consumed when all their rows were quarantined or duplicates)."""
+        table = self.ensure(spec)
+
+        def commit(table: Table) -> None:
+            with table.transaction() as tx:
+                with tx.update_snapshot(snapshot_properties=snapshot_properties).fast_append():
+                    pass
+
+        commit_checked(table, commit, snapshot_properties.get("run_id", ""))
+        return self.current_snapshot_id(spec.identifier)
+
     def replace(self, ds: ray.data.Dataset, spec: TableSpec, snapshot_properties: Dict[str, str]) -> Optional[int]:
         """Replace an existing table's columns (by `spec`, in place), its `spec.properties` and all its rows,
         in one commit. Unlike dropping and re-creating the table, this keeps its history: every earlier

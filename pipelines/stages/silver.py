@@ -225,27 +225,30 @@ def _summarize(batch: pa.Table, contract: Contract) -> pa.Table:
 def _settle(group: pa.Table, held: pa.Table, contract: Contract) -> tuple:
     """Settle the rows of keys that occur more than once, or that silver already holds (`held`: their key
     text and row hash): (the winners, as silver rows; the (key, row hash) of the conflicts).
-    Per key, the first delivery wins: the earliest bronze run (run ids sort by start time), then source
-    file. A later row with the same content (row hash) is a duplicate, dropped; one with other content is
-    a conflict, quarantined as `key_conflict` (an event is not silently replaced, nor its correction lost).
-    Against silver, the row it holds is the first delivery. Two contents of a key in the file that
-    delivers it first are ambiguous: no row of that key wins, each is a conflict."""
+    Deliveries (a bronze run's source file) are taken in order: run (run ids sort by start time), then file.
+    Per key, the first delivery that gives it one content wins (its first row); a later row of that content
+    is a duplicate, dropped; a row of other content is a conflict, quarantined as `key_conflict` (an event
+    is not silently replaced, nor its correction lost). A delivery that gives a key two contents before it
+    has a winner is ambiguous: its rows are conflicts. Against silver, the row it holds is the winner."""
     keys = contract.key_text(group, typed=True).to_numpy(zero_copy_only=False)
     rows = pd.DataFrame({"key": keys, "run": group.column("_run_id").to_numpy(zero_copy_only=False),
                          "file": group.column("_source_file").to_numpy(zero_copy_only=False),
                          "hash": group.column("_row_hash").to_numpy(zero_copy_only=False)})
     rows = rows.sort_values(["key", "run", "file", "hash"], kind="stable")
-    first = rows.groupby("key", sort=False).head(1).set_index("key")
+    deliveries = rows.groupby(["key", "run", "file"], sort=True)["hash"].agg(["nunique", "first"]).reset_index()
+    deliveries["order"] = np.arange(len(deliveries))
+    rows = rows.reset_index().merge(deliveries[["key", "run", "file", "order"]], on=["key", "run", "file"])
+    winning = deliveries[deliveries["nunique"] == 1].groupby("key").head(1).set_index("key")
     held_hash = pd.Series(held.column("_row_hash").to_numpy(zero_copy_only=False),
                           index=held.column("_key").to_numpy(zero_copy_only=False))
     held_hash = held_hash[~held_hash.index.duplicated()]
-    reference = rows["key"].map(held_hash).fillna(rows["key"].map(first["hash"]))
-    in_first_file = (rows["run"] == rows["key"].map(first["run"])) & (rows["file"] == rows["key"].map(first["file"]))
     is_held = rows["key"].isin(held_hash.index)
-    ambiguous = set(rows.loc[in_first_file & ~is_held & (rows["hash"] != reference), "key"])
-    conflict = (rows["hash"] != reference) | rows["key"].isin(ambiguous)
-    winner = ~is_held & ~conflict & ~rows.duplicated("key")
-    winners = group.take(pa.array(rows.index[winner].to_numpy()))
+    winner_order = rows["key"].map(winning["order"])
+    reference = rows["key"].map(held_hash).where(is_held, rows["key"].map(winning["first"]))
+    before_winner = ~is_held & (winner_order.isna() | (rows["order"] < winner_order))
+    conflict = before_winner | (rows["hash"] != reference)
+    first_of_winner = ~is_held & (rows["order"] == winner_order) & ~rows.duplicated(["key", "order"])
+    winners = group.take(pa.array(rows.loc[first_of_winner, "index"].to_numpy()))
     return winners, rows.loc[conflict, ["key", "hash"]]
 
 
@@ -453,9 +456,11 @@ def _refine_events(ctx: RunContext, source: DatasetConfig, contract: Contract, p
     ctx.wrote(quarantine.identifier, q_snapshot)
     result = SilverResult(rows_in, n_silver, rows_in - n_valid, n_valid - n_silver, refined.first_day,
                           refined.last_day, pending, refined.present)
-    s_snapshot = ctx.lake.write(refined.silver, silver,
-                                ctx.commit_properties(bronze_runs=tuple(pending), refined=result.record()),
-                                overwrite_filter=replaces)
+    properties = ctx.commit_properties(bronze_runs=tuple(pending), refined=result.record())
+    # no new silver row (every row quarantined or a duplicate): the runs are still recorded as refined,
+    # or each later run would refine them again (and count them again)
+    s_snapshot = ctx.lake.write(refined.silver, silver, properties, overwrite_filter=replaces) if n_silver \
+        else ctx.lake.record_only(silver, properties)
     ctx.wrote(silver.identifier, s_snapshot)
     log.info("silver written", table=silver.identifier, rows_in=rows_in, rows=n_silver,
              quarantined=result.quarantined, duplicates=result.duplicates)
