@@ -100,6 +100,7 @@ def backfill(cfg: PipelineConfig) -> Dict[str, Any]:
 
 
 def execute(cfg: PipelineConfig, plan: Slice) -> Dict[str, Any]:
+    faults.reset()
     sets = check_start_up(cfg)
     started = dt.datetime.now(dt.timezone.utc)
     run_id = new_run_id(started)

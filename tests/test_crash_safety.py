@@ -6,6 +6,8 @@ joined to the session's Ray runtime, so a run costs its work rather than a Ray s
 recover, and the uninterrupted reference, run in this process (`pipelines.run.run`, what the CLI calls):
 a process start-up (imports, Ray workers for a new job) costs more than the small run itself, and the
 killed runs' state is all on disk. The last rerun is a `medallion run` process again.
+The second test raises an error at the same 20 points instead (MEDALLION_FAIL_AT): the next plain run
+completes and the tables equal an uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -182,3 +184,24 @@ def test_sigkill_at_20_points_then_rerun_equals_an_uninterrupted_run(reference):
     again = _summary(_run(data_dir, reference["sample"], reference["address"]))
     assert again["new_data"] is False and not again["resumed"]
     assert {k: v["rows"] for k, v in again["tables"].items()} == {k: v["rows"] for k, v in summary["tables"].items()}
+
+
+def test_an_error_at_each_of_the_20_points_then_a_plain_run_equals_an_uninterrupted_run(reference, monkeypatch):
+    """The same points, an error instead of a kill (what a storage outage or a failing service does: the run
+    ends with one line, its `finally` blocks run, the open-run record stays): the next plain run resumes it."""
+    from pipelines import faults
+
+    ref_summary, ref_state = reference["summary"], reference["state"]
+    expected_counts = {k: v for k, v in ref_summary["counts"].items() if k.split(".", 1)[1] in ACCOUNTING}
+    for point in CRASH_POINTS:
+        fail_at = "{}:{}".format(*point)
+        data_dir = reference["root"] / "fail-{}-{}".format(*point)
+        monkeypatch.setenv(faults.FAIL_ENV, fail_at)
+        with pytest.raises(faults.InjectedFault, match=f"^injected fault at {fail_at} "):
+            _run_here(data_dir, reference["sample"])
+        monkeypatch.delenv(faults.FAIL_ENV)
+        summary = _run_here(data_dir, reference["sample"])
+        assert summary["resumed"], fail_at
+        assert summary["gold_digests"] == ref_summary["gold_digests"], fail_at
+        assert {k: v for k, v in summary["counts"].items() if k in expected_counts} == expected_counts, fail_at
+        assert _state(data_dir, reference["sample"]) == ref_state, fail_at
