@@ -139,6 +139,8 @@ def _locked(cfg: PipelineConfig, plan: Slice, sets: List[FeatureSet], run_id: st
         # in declaration order: a missing source is reported as a user would look for it
         plans = {name: bronze.plan(ctx, name, source) for name, source in cfg.datasets.items()} \
             if plan.kind == "run" else {}
+        for name, source in cfg.datasets.items():
+            _check_tables(ctx, source, plans.get(name))
         for fs in sets:
             if plan.kind == "backfill":
                 gold.check_backfill(ctx, fs)
@@ -313,6 +315,18 @@ def _publish(ctx: RunContext, cfg: PipelineConfig, sets: List[FeatureSet], built
         faults.point("published_one")
     log.info("published", feature_sets=[r.feature_set for r in published])
     return published
+
+
+def _check_tables(ctx: RunContext, source: DatasetConfig, file_plan) -> None:
+    """Before any write: bronze and silver of `source` take what this run writes (a changed declaration,
+    say a new declared column in the middle, is refused now, not after other tables were committed).
+    Quarantine follows bronze's columns in its own order, and gold is checked by `gold.check_schema`."""
+    bronze_spec = bronze.table_spec(source, ctx.lake, file_plan.new_columns if file_plan else [])
+    silver_spec = silver.silver_spec(source, contracts.build(source.name, source), bronze.silver_extras(ctx, source))
+    for spec in (bronze_spec, silver_spec):
+        problem = ctx.lake.schema_problem(spec, evolve=True)
+        if problem:
+            raise PipelineError(f"{problem}; datasets.{source.name} no longer matches it: nothing was written")
 
 
 def _custom_checks(cfg: PipelineConfig, source: DatasetConfig):

@@ -258,3 +258,28 @@ def test_policies_a_layer_cannot_take_are_config_errors(tmp_path):
         load_config([f"data_dir={tmp_path}", "schema_policy.bronze=discard_row"])
     with pytest.raises(ConfigError, match=r"schema_policy.gold='discard_value' must be one of"):
         load_config([f"data_dir={tmp_path}", "schema_policy.gold=discard_value"])
+
+
+def test_a_declaration_its_tables_cannot_take_is_refused_before_any_write(tmp_path, ray_session):
+    """A column added to the users declaration, in a run that also has a new transactions file: the run is
+    refused while planning (before, bronze.transactions was committed first and the run stopped half-way)."""
+    from pipelines.errors import PipelineError
+    from pipelines.io.lake import Lake
+    from pipelines.run import run
+
+    cfg = _setup(tmp_path, files=())
+    run(cfg)
+    lake = Lake(cfg.catalog)
+    snapshots = {t: lake.current_snapshot_id(t) for t in ("bronze.transactions", "silver.transactions",
+                                                           "bronze.users", "silver.users")}
+    (Path(cfg.sample["output_dir"]) / "transactions" / "next_day.csv").write_text(
+        "tx_id,user_id,merchant_id,amount,currency,channel,ts\nnd-1,1,1,5.00,EUR,web,2026-01-03T12:00:00Z\n")
+    with pytest.raises(PipelineError) as refused:
+        run(load_config([f"data_dir={tmp_path}", *TINY, "+datasets.users.columns.nickname={type: string}"]))
+    assert str(refused.value).startswith("table bronze.users has columns ['user_id', ")
+    assert str(refused.value).endswith("the schema is frozen for this layer (migrate or drop the table first); "
+                                       "datasets.users no longer matches it: nothing was written")
+    lake = Lake(cfg.catalog)
+    assert {t: lake.current_snapshot_id(t) for t in snapshots} == snapshots
+    again = run(load_config([f"data_dir={tmp_path}", *TINY, "quality.row_count.severity=warn"]))  # a 1-row day
+    assert again["counts"]["transactions.units_ingested"] == 1 and not again["resumed"]  # nothing left open

@@ -193,12 +193,20 @@ class Lake:
                     if f.name not in have:
                         update.add_column(f.name, _iceberg_schema(pa.schema([f])).fields[0].field_type)
             return self.table(spec.identifier)
-        if have != wanted:
-            raise PipelineError(
-                f"table {spec.identifier} has columns {have}, this code writes {wanted}: "
-                "the schema is frozen for this layer (migrate or drop the table first)"
-            )
+        problem = self.schema_problem(spec, evolve)
+        if problem:
+            raise PipelineError(problem)
         return table
+
+    def schema_problem(self, spec: TableSpec, evolve: bool = False) -> Optional[str]:
+        """Why `ensure(spec, evolve)` would refuse the table as it is now (None: it would not). A run asks
+        this of every table it will write before its first write, so it writes consistently or not at all."""
+        have = self.columns(spec.identifier)
+        wanted = [f.name for f in spec.schema]
+        if not have or have == wanted or (evolve and wanted[: len(have)] == have):
+            return None
+        return (f"table {spec.identifier} has columns {have}, this code writes {wanted}: "
+                "the schema is frozen for this layer (migrate or drop the table first)")
 
     def columns(self, identifier: str) -> List[str]:
         """The table's column names ([] when it does not exist)."""
