@@ -61,10 +61,6 @@ class FilePlan:
     not_ingested: List[file_ledger.NotIngested] = field(default_factory=list)  # judged in this run
     files: Dict[str, int] = field(default_factory=dict)  # outcome -> number of files
 
-    @property
-    def rejected(self) -> List[file_ledger.NotIngested]:
-        return [f for f in self.not_ingested if f.outcome == file_ledger.REJECTED]
-
 
 def plan(ctx: RunContext, name: str, source: DatasetConfig):
     """Check a source can be read, decide what is new, and apply the schema policies of bronze and silver
@@ -165,10 +161,11 @@ def _ingest_files(ctx: RunContext, file_plan: FilePlan) -> BronzeResult:
     try:
         ds = read(good)
     except Exception as failure:  # a file the driver's checks let through failed in its read task: refuse it
-        good = _refuse_unreadable(ctx, file_plan, read, failure)
+        parts = _refuse_unreadable(ctx, file_plan, read, failure)
+        good = file_plan.new_files
         if not good:
             return BronzeResult(0, [])
-        ds = read(good)
+        ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     rows = ds.count()
     units = tuple(Unit(f.uri, f.sha256, tuple(file_plan.columns_by_file[f.uri])) for f in good)
     snapshot = ctx.lake.write(ds, spec, ctx.commit_properties(source=name, units=units))
@@ -177,14 +174,15 @@ def _ingest_files(ctx: RunContext, file_plan: FilePlan) -> BronzeResult:
     return BronzeResult(rows, [f.uri for f in good])
 
 
-def _refuse_unreadable(ctx: RunContext, file_plan: FilePlan, read, failure: Exception) -> List[sources.SourceFile]:
+def _refuse_unreadable(ctx: RunContext, file_plan: FilePlan, read, failure: Exception) -> list:
     """Read each new file alone; the ones that fail are rejected (recorded, counted, one log line each) like
-    the files the checks refuse, and the others returned. Nothing was committed: the read comes first."""
+    the files the checks refuse, and the others' rows returned (each file is read once more, not twice).
+    Nothing was committed: the read comes first."""
     log = logs.get()
-    readable, refused = [], []
+    readable, parts, refused = [], [], []
     for file in file_plan.new_files:
         try:
-            read([file])
+            parts.append(read([file]))
             readable.append(file)
         except Exception as exc:
             refused.append(file_ledger.NotIngested(file_plan.name, file.uri, file.sha256, file_ledger.REJECTED,
@@ -199,7 +197,7 @@ def _refuse_unreadable(ctx: RunContext, file_plan: FilePlan, read, failure: Exce
     file_plan.files["ingested"] -= len(refused)
     file_plan.files["rejected"] += len(refused)
     file_plan.new_files = readable
-    return readable
+    return parts
 
 
 def _error_line(exc: BaseException) -> str:
