@@ -231,9 +231,14 @@ class RayConfig:
 
 @dataclass
 class RowCountConfig:
-    """Rows per ingested file against the median of the last `history_runs` runs that passed every check
-    (a run let through by a `warn` is not a norm to learn)."""
+    """A dataset with an event time: each event day the run added rows to, its rows in silver against the
+    median of earlier days (`baseline`: the same weekday, or every day, within `window_days`), days touched
+    by a run let through by a `warn` left out. Without an event time: rows per ingested file against the
+    last `history_runs` runs that passed every check."""
 
+    baseline: str = "same_weekday"  # same_weekday | rolling
+    window_days: int = 28
+    min_baseline_days: int = 3  # fewer: judged as warn only, while the baseline is being learnt
     history_runs: int = 5
     band: float = 0.3  # allowed relative deviation from that median
     severity: str = "fail"
@@ -241,8 +246,13 @@ class RowCountConfig:
 
 @dataclass
 class DriftConfig:
-    """Population stability index of each gold feature, previous snapshot against this run's."""
+    """Population stability index of each gold feature on this run's last as-of day, against the same
+    weekday a week earlier (`same_weekday`) or the last as-of day of the previous snapshot
+    (`previous_snapshot`), both as gold held them before this run."""
 
+    # previous_snapshot: a day's growth of windows still filling (a 30-day window over 20 days of history)
+    # is no drift, a week's is; same_weekday for features with a weekly rhythm (short windows)
+    baseline: str = "previous_snapshot"  # previous_snapshot | same_weekday
     threshold: float = 0.25
     bins: int = 10
     min_rows_per_bin: int = 25  # fewer bins for few entities: PSI on a handful of values per bin is noise
@@ -508,6 +518,16 @@ def validate(cfg: PipelineConfig) -> None:
     for where, severity in severities.items():
         if severity not in ("warn", "fail"):
             raise ConfigError(f"config error: {where}.severity={severity!r} must be warn or fail")
+    if q.drift.baseline not in ("same_weekday", "previous_snapshot"):
+        raise ConfigError(f"config error: quality.drift.baseline={q.drift.baseline!r} must be same_weekday or "
+                          "previous_snapshot")
+    if q.row_count.baseline not in ("same_weekday", "rolling"):
+        raise ConfigError(f"config error: quality.row_count.baseline={q.row_count.baseline!r} must be same_weekday "
+                          "or rolling")
+    if q.row_count.window_days < (7 if q.row_count.baseline == "same_weekday" else 1) or q.row_count.min_baseline_days < 1:
+        raise ConfigError(f"config error: quality.row_count.window_days={q.row_count.window_days} and "
+                          f"min_baseline_days={q.row_count.min_baseline_days} leave no baseline day "
+                          "(same_weekday needs window_days >= 7)")
     if cfg.retention.reference is not None:
         try:
             parse_utc(cfg.retention.reference)

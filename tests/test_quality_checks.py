@@ -37,6 +37,64 @@ def test_row_count_band_around_the_median_of_history():
     assert checks.row_count("transactions", 5.0, [], 0.3, "fail").passed  # the first run has nothing to compare
 
 
+D = dt.date
+
+
+def test_baseline_days_are_the_same_weekday_or_every_day_within_the_window():
+    day = D(2026, 1, 29)  # a Thursday
+    eligible = {D(2026, 1, 22), D(2026, 1, 15), D(2026, 1, 8), D(2026, 1, 1), D(2026, 1, 28), D(2025, 12, 25)}
+    assert checks.baseline_days(day, eligible, "same_weekday", 28) == [D(2026, 1, 22), D(2026, 1, 15),
+                                                                       D(2026, 1, 8), D(2026, 1, 1)]
+    assert checks.baseline_days(day, eligible, "same_weekday", 21) == [D(2026, 1, 22), D(2026, 1, 15), D(2026, 1, 8)]
+    assert checks.baseline_days(day, eligible, "rolling", 7) == [D(2026, 1, 28), D(2026, 1, 22)]
+    assert checks.baseline_days(day, eligible - {D(2026, 1, 22)}, "same_weekday", 14) == [D(2026, 1, 15)]
+
+
+# Four weeks of a weekly rhythm: weekdays 100 rows, Saturday and Sunday 200 (5 to 30 January 2026;
+# 2026-01-05 is a Monday), a few days off the rhythm
+WEEKS = {D(2026, 1, 5) + dt.timedelta(days=i): (200 if (D(2026, 1, 5) + dt.timedelta(days=i)).weekday() >= 5
+                                                else 100) for i in range(26)}
+WEEKS.update({D(2026, 1, 10): 190, D(2026, 1, 17): 230, D(2026, 1, 24): 210})  # Saturdays: median 210
+
+
+def test_a_weekend_day_passes_against_its_weekday_and_fails_against_every_day():
+    rows = {**WEEKS, D(2026, 1, 31): 220}  # Saturday 31 January
+    eligible = set(WEEKS)
+    result, outside = checks.day_row_count("tx", rows, [D(2026, 1, 31)], eligible, "same_weekday", 28, 3, 0.3,
+                                           "fail")
+    assert (result.value, result.passed, outside) == (220.0, True, [])
+    assert result.threshold == "in [147, 273] (median 210 of 3 same weekdays +-30%, 2026-01-31)"
+    rolling, outside = checks.day_row_count("tx", rows, [D(2026, 1, 31)], eligible, "rolling", 28, 3, 0.3, "fail")
+    # 26 earlier days in the window (5 to 30 January): 20 weekdays at 100, so the median is 100
+    assert (rolling.value, rolling.passed, rolling.blocks, outside) == (220.0, False, True, [D(2026, 1, 31)])
+    assert rolling.threshold == "in [70, 130] (median 100 of 26 days +-30%, 2026-01-31)"
+
+
+def test_half_a_weekday_fails_and_the_worst_day_is_reported():
+    rows = {**WEEKS, D(2026, 1, 31): 205, D(2026, 2, 2): 50, D(2026, 2, 3): 68}  # Sat fine; Mon, Tue low
+    judged = [D(2026, 1, 31), D(2026, 2, 2), D(2026, 2, 3)]
+    result, outside = checks.day_row_count("tx", rows, judged, set(WEEKS), "same_weekday", 28, 3, 0.3, "fail")
+    assert (result.value, result.passed, result.blocks) == (50.0, False, True)
+    assert outside == [D(2026, 2, 2), D(2026, 2, 3)]
+    assert result.threshold == "in [70, 130] (median 100 of 4 same weekdays +-30%, 2026-02-02)"
+    assert result.detail == ("3 day(s) judged; out of band: 2026-02-02 (Mon) 50 rows vs median 100, "
+                             "2026-02-03 (Tue) 68 rows vs median 100")
+
+
+def test_a_baseline_being_learnt_can_only_warn_and_no_baseline_is_not_judged():
+    rows = {D(2026, 1, 7): 100, D(2026, 1, 14): 110, D(2026, 1, 21): 40}
+    learning, outside = checks.day_row_count("tx", rows, [D(2026, 1, 21)], {D(2026, 1, 7), D(2026, 1, 14)},
+                                             "same_weekday", 28, 3, 0.3, "fail")
+    assert (learning.value, learning.passed, learning.severity, learning.blocks) == (40.0, False, "warn", False)
+    assert outside == [D(2026, 1, 21)]
+    assert learning.detail.endswith("baseline being learnt for 2026-01-21: 2 of 3 same weekdays, judged as warn")
+    first, outside = checks.day_row_count("tx", rows, sorted(rows), set(), "same_weekday", 28, 3, 0.3, "fail")
+    assert (first.value, first.passed, outside) == (None, True, [])
+    assert first.detail.startswith("no baseline yet for 3 day(s) (2026-01-07..2026-01-21)")
+    nothing, _ = checks.day_row_count("tx", rows, [], set(rows), "same_weekday", 28, 3, 0.3, "fail")
+    assert (nothing.value, nothing.passed, nothing.detail) == (None, True, "no new rows on any event day")
+
+
 def test_freshness_in_hours_before_the_cutoff():
     cutoff = dt.datetime(2026, 1, 21, tzinfo=dt.timezone.utc)
     ok = checks.freshness("transactions", cutoff - dt.timedelta(hours=47, minutes=30), cutoff, 48, "warn")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from statistics import median
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -44,8 +44,9 @@ def value_range(dataset: str, column: str, outside: int, rows: int, low: Optiona
 
 def row_count(dataset: str, rows_per_file: Optional[float], history: Sequence[float], band: float,
               severity: str, not_applicable: Optional[str] = None) -> CheckResult:
-    """Rows per ingested file against the median of earlier passing runs (no history: nothing to judge;
-    `not_applicable`: the reason there is no usual size, e.g. a change feed)."""
+    """Rows per ingested file against the median of earlier passing runs: for a dataset without an event
+    time, which has no days to judge (no history: nothing to judge; `not_applicable`: the reason there is
+    no usual size, e.g. a change feed)."""
     name, table = f"row_count.{dataset}", f"bronze.{dataset}"
     if not_applicable or rows_per_file is None or not history:
         detail = not_applicable or ("no earlier runs to compare with" if not history else "no new files")
@@ -56,6 +57,62 @@ def row_count(dataset: str, rows_per_file: Optional[float], history: Sequence[fl
     return CheckResult(name, "row_count", table, rows_per_file, f"in [{low:.6g}, {high:.6g}] (median {mid:.6g} "
                        f"of {len(history)} runs +-{band:.0%})", severity, low <= rows_per_file <= high,
                        "rows per ingested file")
+
+
+BASELINES = ("same_weekday", "rolling")
+
+
+def baseline_days(day: dt.date, eligible: Set[dt.date], baseline: str, window_days: int) -> List[dt.date]:
+    """The earlier days a day's row count is compared with: within `window_days` before it, the same
+    weekday (`same_weekday`: a weekly rhythm is the norm) or every day (`rolling`), newest first."""
+    step = 7 if baseline == "same_weekday" else 1
+    candidates = (day - dt.timedelta(days=back) for back in range(step, window_days + 1, step))
+    return [d for d in candidates if d in eligible]
+
+
+def day_row_count(dataset: str, rows_by_day: Dict[dt.date, int], judged: Sequence[dt.date],
+                  eligible: Set[dt.date], baseline: str, window_days: int, min_baseline_days: int, band: float,
+                  severity: str) -> Tuple[CheckResult, List[dt.date]]:
+    """Each event day this run added rows to, its rows in silver (every delivery of that day together)
+    against the median of its baseline days (`baseline_days`). A day with fewer than `min_baseline_days`
+    baseline days is judged as `warn` only (the baseline is being learnt); one with none is not judged.
+    The check reports the day furthest from its median; the detail lists every day out of its band, and
+    so does the second value returned."""
+    name, table = f"row_count.{dataset}", f"silver.{dataset}"
+    label = "same weekdays" if baseline == "same_weekday" else "days"
+    verdicts = []  # (relative deviation, day, rows, low, high, median, points, learning)
+    unjudged = []
+    for day in sorted(judged):
+        points = [rows_by_day[d] for d in baseline_days(day, eligible, baseline, window_days)]
+        if not points:
+            unjudged.append(day)
+            continue
+        mid = median(points)
+        rows = rows_by_day.get(day, 0)
+        verdicts.append((abs(rows / mid - 1) if mid else float(rows > 0), day, rows, mid * (1 - band),
+                         mid * (1 + band), mid, len(points), len(points) < min_baseline_days))
+    if not verdicts:
+        detail = (f"no baseline yet for {len(unjudged)} day(s) ({unjudged[0]}..{unjudged[-1]}): earlier days "
+                  f"from runs that passed every check are needed") if unjudged else "no new rows on any event day"
+        return CheckResult(name, "row_count", table, None, f"within {band:.0%} of the median of its {label}",
+                           severity, True, detail), []
+    outside = [v for v in verdicts if not v[3] <= v[2] <= v[4]]
+    decisive = [v for v in outside if not v[7]]
+    # the reported day: a blocking one first, then the furthest from its median
+    worst = max(decisive or outside or verdicts, key=lambda v: (v[0], v[1]))
+    _, day, rows, low, high, mid, points, learning = worst
+    parts = [f"{len(verdicts)} day(s) judged"]
+    if outside:
+        parts.append("out of band: " + ", ".join(f"{v[1]} ({v[1]:%a}) {v[2]} rows vs median {v[5]:.6g}"
+                                                 + (" (learning)" if v[7] else "") for v in outside))
+    if learning:
+        parts.append(f"baseline being learnt for {day}: {points} of {min_baseline_days} {label}, judged as warn")
+    if unjudged:
+        parts.append(f"{len(unjudged)} day(s) without a baseline yet")
+    return CheckResult(name, "row_count", table, float(rows),
+                       f"in [{low:.6g}, {high:.6g}] (median {mid:.6g} of {points} {label} +-{band:.0%}, {day})",
+                       severity if (decisive or not outside) else "warn", not outside, "; ".join(parts)), \
+        [v[1] for v in outside]
 
 
 def freshness(dataset: str, latest: Optional[dt.datetime], cutoff: dt.datetime, max_age_hours: float,

@@ -8,10 +8,14 @@ an alert, and the run exits non-zero. The batch itself stays where it arrived, s
 and fails the same way until the files are replaced (a changed file is a new unit) or the check is
 relaxed (for example `quality.drift.severity=warn`).
 
-Every check of every run is appended to `quality.check_results`, which is also the history the row-count
-check compares against (runs that passed every check only, so neither a rejected batch nor one a `warn`
-let through becomes the norm). A share (completeness, values outside a range) of fewer than
-`quality.min_rows` rows is reported, not judged.
+Every check of every run is appended to `quality.check_results`. Row counts are judged per event day, not
+per file (files vary): each day the run added rows to, its rows in silver against the median of the same
+weekday over the last four weeks (partition metadata: no data read), leaving out the days of this run and
+the days a `warn` let through although they were out of band or failed a completeness or range check
+(`quality.day_rows`), so neither a rejected batch nor an odd one becomes the norm. While fewer than
+`min_baseline_days` such days exist, the check can only warn. A dataset without an event time is judged
+by rows per file against the runs that passed every check. A share (completeness, values outside a
+range) of fewer than `quality.min_rows` rows is reported, not judged.
 """
 
 from __future__ import annotations
@@ -49,6 +53,20 @@ HISTORY = TableSpec("quality.check_results", pa.schema([
     pa.field("severity", pa.string()),
     pa.field("passed", pa.bool_()),
     pa.field("detail", pa.string()),
+]))
+
+
+# Per dataset, the event days each run changed and their rows in silver afterwards; `suspect`: the day was
+# out of its row-count band, or a completeness or range check of the dataset failed in that run. A suspect
+# day that a `warn` let through is left out of every later baseline.
+DAY_ROWS = TableSpec("quality.day_rows", pa.schema([
+    pa.field("run_id", pa.string()),
+    pa.field("recorded_at", pa.timestamp("us", tz="UTC")),
+    pa.field("dataset", pa.string()),
+    pa.field("day", pa.date32()),
+    pa.field("rows", pa.int64()),
+    pa.field("suspect", pa.bool_()),
+    pa.field("gate_passed", pa.bool_()),
 ]))
 
 
@@ -115,6 +133,50 @@ def _history(ctx: RunContext, name: str, runs: int) -> List[tuple]:
     return list(rows[["run_id", "value"]].tail(runs).itertuples(index=False, name=None))
 
 
+def _rows_by_day(ctx: RunContext, identifier: str, event_time: str, snapshot_id: Optional[int]) -> Dict[dt.date, int]:
+    """Rows per event day of a day-partitioned table at a snapshot, from partition metadata (no data read;
+    the writes are copy-on-write, so a partition's record count is its live rows)."""
+    if snapshot_id is None:
+        return {}
+    field = f"{event_time}_day"  # the day partition (silver.silver_spec)
+    partitions = ctx.lake.table(identifier).inspect.partitions(snapshot_id=snapshot_id)
+    counts: Dict[dt.date, int] = {}
+    for partition, rows in zip(partitions.column("partition").to_pylist(), partitions.column("record_count").to_pylist()):
+        day = partition.get(field)
+        if day is not None:
+            day = dt.date(1970, 1, 1) + dt.timedelta(days=day) if isinstance(day, int) else day
+            counts[day] = counts.get(day, 0) + rows
+    return counts
+
+
+def _suspect_days(ctx: RunContext, dataset: str) -> set:
+    """Days a run let through although they were suspect (see DAY_ROWS)."""
+    if not ctx.lake.exists(DAY_ROWS.identifier):
+        return set()
+    rows = ctx.lake.read_arrow(DAY_ROWS.identifier, EqualTo("dataset", dataset), ["day", "suspect", "gate_passed"])
+    return {d for d, s, g in zip(*(rows.column(c).to_pylist() for c in ("day", "suspect", "gate_passed"))) if s and g}
+
+
+def _day_volume(ctx: RunContext, item: Refined, event_time: str, before: Dict[str, Optional[int]],
+                report: ReportData) -> Dict[dt.date, int]:
+    """The row-count check of a dataset with an event time (`checks.day_row_count`); the days this run
+    changed with their rows now, for DAY_ROWS."""
+    q = ctx.cfg.quality.row_count
+    silver = f"silver.{item.dataset}"
+    now = _rows_by_day(ctx, silver, event_time, ctx.lake.current_snapshot_id(silver))
+    then = _rows_by_day(ctx, silver, event_time, before.get(silver))  # before the run (and any run it resumes)
+    changed = sorted(d for d in set(now) | set(then) if now.get(d, 0) != then.get(d, 0))
+    eligible = set(now) - set(changed) - _suspect_days(ctx, item.dataset)
+    check, outside = checks.day_row_count(item.dataset, now, changed, eligible, q.baseline, q.window_days,
+                                          q.min_baseline_days, q.band, q.severity)
+    report.checks.append(check)
+    if changed:
+        shown = [d for d in sorted(now) if changed[-1] - dt.timedelta(days=q.window_days + 7) <= d <= changed[-1]]
+        report.row_counts[f"{silver} (rows per event day)"] = [(d.isoformat(), now[d]) for d in shown]
+    report.suspect_days[item.dataset] = set(outside)
+    return {d: now.get(d, 0) for d in changed}
+
+
 def _latest_event(ctx: RunContext, identifier: str, column: str) -> Optional[dt.datetime]:
     """From the data files' column statistics: no data is read."""
     if not ctx.lake.exists(identifier) or ctx.lake.table(identifier).current_snapshot() is None:
@@ -125,7 +187,8 @@ def _latest_event(ctx: RunContext, identifier: str, column: str) -> Optional[dt.
 
 
 def _drift(ctx: RunContext, fs: FeatureSet, previous_snapshot: Optional[int], as_of: dt.date):
-    """One check per numeric feature: the latest as-of day of the previous snapshot against `as_of` now."""
+    """One check per numeric feature: `as_of` now against the same weekday a week before or the previous
+    snapshot's latest as-of day (`quality.drift.baseline`), both read from the snapshot before this run."""
     q = ctx.cfg.quality.drift
     identifier = f"gold.{fs.name}"
     if previous_snapshot is None:
@@ -139,13 +202,20 @@ def _drift(ctx: RunContext, fs: FeatureSet, previous_snapshot: Optional[int], as
                              "table rebuilt: no previous snapshot of this declaration")
                 for name in fs.feature_names()], []
     props = previous.summary.additional_properties
-    previous_as_of = dt.date.fromisoformat(props["as_of_last"])
+    reference = dt.date.fromisoformat(props["as_of_last"])  # the previous snapshot's last as-of day
+    if q.baseline == "same_weekday":  # a weekly rhythm is not drift: a week back, as gold held it before
+        week_before = as_of - dt.timedelta(days=7)
+        if week_before > reference:
+            return [checks.drift(f"{fs.name}.{name}", identifier, None, q.threshold, q.severity,
+                                 f"no as-of day {week_before} (a week before {as_of}) before this run")
+                    for name in fs.feature_names()], []
+        reference = week_before
 
     def day(d: dt.date, snapshot: Optional[int]) -> pd.DataFrame:
         at = dt.datetime.combine(d, dt.time(), dt.timezone.utc).isoformat()
         return ctx.lake.read_arrow(identifier, EqualTo(fs.as_of_column, at), snapshot_id=snapshot).to_pandas()
 
-    before, now = day(previous_as_of, previous_snapshot), day(as_of, None)
+    before, now = day(reference, previous_snapshot), day(as_of, None)
     results, distributions = [], []
     for name in fs.feature_names():
         if not (pd.api.types.is_numeric_dtype(before[name]) and pd.api.types.is_numeric_dtype(now[name])):
@@ -156,7 +226,7 @@ def _drift(ctx: RunContext, fs: FeatureSet, previous_snapshot: Optional[int], as
             continue
         bins = max(2, min(q.bins, min(len(old), len(new)) // q.min_rows_per_bin))
         value, edges, old_counts, new_counts = checks.psi(old, new, bins)
-        detail = f"as_of {previous_as_of} (snapshot {previous_snapshot}) vs as_of {as_of}, {bins} bins"
+        detail = f"as_of {reference} (snapshot {previous_snapshot}) vs as_of {as_of}, {bins} bins"
         results.append(checks.drift(f"{fs.name}.{name}", identifier, value, q.threshold, q.severity, detail))
         distributions.append(Distribution(f"{fs.name}.{name}", edges, old_counts, new_counts, value))
     return results, distributions
@@ -176,17 +246,20 @@ def measure(ctx: RunContext, refined: List[Refined], built: Dict[str, object], s
             report.checks.append(checks.completeness(item.dataset, column, item.present[column], rows,
                                                      overrides.get(column, q.completeness.threshold),
                                                      q.completeness.severity, q.min_rows))
-        units = _units(ctx, item.dataset, item.bronze_runs)
-        name = f"row_count.{item.dataset}"
         change_feed = bool(declared.watermark_column)
         rebuilt = not item.bronze_runs  # a backfill re-refines what bronze holds: no files arrived
-        history = _history(ctx, name, q.row_count.history_runs)
-        report.checks.append(checks.row_count(item.dataset, rows / units if units else None,
-                                              [v for _, v in history], q.row_count.band, q.row_count.severity,
-                                              "rows past a watermark: a change feed has no usual size"
-                                              if change_feed else "a backfill: no new files" if rebuilt else None))
-        report.row_counts[f"{bronze} (rows per file)"] = [(r, int(v)) for r, v in history] \
-            + [(ctx.run_id, int(rows / units) if units else 0)]
+        if declared.event_time and not change_feed and not rebuilt:
+            report.day_rows[item.dataset] = _day_volume(ctx, item, declared.event_time, before, report)
+        else:
+            units = _units(ctx, item.dataset, item.bronze_runs)
+            name = f"row_count.{item.dataset}"
+            history = _history(ctx, name, q.row_count.history_runs)
+            report.checks.append(checks.row_count(item.dataset, rows / units if units else None,
+                                                  [v for _, v in history], q.row_count.band, q.row_count.severity,
+                                                  "rows past a watermark: a change feed has no usual size"
+                                                  if change_feed else "a backfill: no new files" if rebuilt else None))
+            report.row_counts[f"{bronze} (rows per file)"] = [(r, int(v)) for r, v in history] \
+                + [(ctx.run_id, int(rows / units) if units else 0)]
         for column, bounds in declared.quality.ranges.items():
             silver = f"silver.{item.dataset}"
             got = _sum(ctx, silver, item.bronze_runs, [column], _outside_counts, column=column, low=bounds.min,
@@ -218,8 +291,17 @@ def record(ctx: RunContext, report: ReportData, run_ids: Sequence[str] = ()) -> 
         {"run_id": ctx.run_id, "checked_at": now, "gate_passed": report.passed, "name": c.name, "kind": c.kind,
          "table": c.table, "value": c.value, "threshold": c.threshold, "severity": c.severity, "passed": c.passed,
          "detail": c.detail} for c in report.checks], schema=HISTORY.schema)
-    ctx.lake.commit_arrow(rows, HISTORY, ctx.commit_properties(),
-                          In("run_id", list(run_ids)) if len(run_ids) > 1 else None)
+    replaces = In("run_id", list(run_ids)) if len(run_ids) > 1 else None
+    ctx.lake.commit_arrow(rows, HISTORY, ctx.commit_properties(), replaces)
+    failed = {c.name for c in report.checks if not c.passed}
+    days = [{"run_id": ctx.run_id, "recorded_at": now, "dataset": dataset, "day": day, "rows": count,
+             "suspect": day in report.suspect_days.get(dataset, set()) or any(
+                 n.startswith((f"completeness.{dataset}.", f"range.{dataset}.")) for n in failed),
+             "gate_passed": report.passed}
+            for dataset, counts in report.day_rows.items() for day, count in counts.items()]
+    if days or replaces is not None:
+        ctx.lake.commit_arrow(pa.Table.from_pylist(days, schema=DAY_ROWS.schema), DAY_ROWS, ctx.commit_properties(),
+                              replaces)
 
 
 def alert(ctx: RunContext, failed: List[CheckResult]) -> int:

@@ -137,7 +137,7 @@ def _null_rates(data: ReportData) -> str:
 
 def _row_counts(data: ReportData) -> str:
     parts = [f"<h3>{escape(t)}</h3>" + _column_chart(f"Row counts: {t}", [r for r, _ in runs], [n for _, n in runs])
-             + _table(["run", "rows"], runs) for t, runs in data.row_counts.items() if runs]
+             + _table(["day" if "per event day" in t else "run", "rows"], runs) for t, runs in data.row_counts.items() if runs]
     return "".join(parts) or '<p class="nodata">no data</p>'
 
 
@@ -173,7 +173,7 @@ def render_report(data: ReportData) -> str:
 <p>{len(data.checks)} checks: {counts}</p></header>
 <h2>Checks</h2>{checks}
 <h2>Null rates</h2>{_null_rates(data)}
-<h2>Row counts over the last runs</h2>{_row_counts(data)}
+<h2>Row counts over the last days or runs</h2>{_row_counts(data)}
 <h2>Feature distributions against the previous snapshot</h2>{dists}
 </body>
 </html>

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 SEVERITIES = ("warn", "fail")
 
@@ -49,5 +50,7 @@ class ReportData:
     passed: bool  # the gate's verdict
     checks: List[CheckResult]
     null_rates: Dict[str, Dict[str, float]] = field(default_factory=dict)  # table -> column -> fraction null
-    row_counts: Dict[str, List[Tuple[str, int]]] = field(default_factory=dict)  # table -> [(run_id, rows)], oldest first
+    row_counts: Dict[str, List[Tuple[str, int]]] = field(default_factory=dict)  # table -> [(day or run, rows)], oldest first
+    day_rows: Dict[str, Dict[dt.date, int]] = field(default_factory=dict)  # dataset -> event day changed -> rows now
+    suspect_days: Dict[str, Set[dt.date]] = field(default_factory=dict)  # dataset -> days out of their band
     distributions: List[Distribution] = field(default_factory=list)
