@@ -23,6 +23,11 @@ commands:
   maintain     apply retention, expire old snapshots, delete unreferenced files; prints what it removed
   erase        remove one entity everywhere (GDPR erasure): medallion erase --key <join key>=<value>
   sample-data  write the shipped sample project's data (the default project)
+  training-set labels joined point in time to gold features, logged in MLflow; the last stdout line is
+               JSON (rows, mlflow_run_id, snapshots, out):
+               medallion training-set --labels L.parquet|L.csv --features SET[,SET|SET_service]
+                 [--version latest|gold@<snapshot id>] [--as-known-at] [--timestamp-column COL] --out T.parquet
+               medallion training-set --mlflow-run <run id> --out T.parquet   (rebuild one, bit for bit)
 
 a project (--project DIR, or $MEDALLION_PROJECT; default: the shipped sample, examples/sample):
   DIR/conf/dataset/<name>.yaml    one declaration per dataset: source, columns, key, event time, rules
@@ -49,7 +54,7 @@ examples:
   medallion sample-data data_dir=/tmp/demo && medallion run data_dir=/tmp/demo
 """
 
-COMMANDS = ["run", "backfill", "init", "config", "maintain", "erase", "sample-data"]
+COMMANDS = ["run", "backfill", "init", "config", "maintain", "erase", "sample-data", "training-set"]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -61,6 +66,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--project", help="the project directory (default: $MEDALLION_PROJECT, else the sample)")
     parser.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
     parser.add_argument("--key", help="erase: the entity to remove, as <join key>=<value>")
+    parser.add_argument("--labels", help="training-set: a Parquet or CSV file of labels (join keys, a time, ...)")
+    parser.add_argument("--features", help="training-set: feature sets or services, comma-separated")
+    parser.add_argument("--version", help="training-set: latest (default) or gold@<snapshot id>")
+    parser.add_argument("--as-known-at", action="store_true",
+                        help="training-set: each label reads the gold snapshot served at its own time")
+    parser.add_argument("--timestamp-column", help="training-set: the labels' time column (default: the only one)")
+    parser.add_argument("--mlflow-run", help="training-set: rebuild the training set this MLflow run logged")
+    parser.add_argument("--out", help="training-set: the Parquet file to write")
     args = parser.parse_intermixed_args(argv)
     if args.command == "erase" and (not args.key or "=" not in args.key):
         parser.error("erase needs --key <join key>=<value>")
@@ -121,6 +134,8 @@ def _command(args: argparse.Namespace, overrides: List[str]) -> int:
         print(json.dumps({"output_dir": cfg.sample["output_dir"], "files": len(summary["files"]),
                           "planted_dirty_rows": len(summary["planted"]),
                           **{k: v for k, v in summary.items() if isinstance(v, int)}}))
+    elif args.command == "training-set":
+        return _training_set(args, cfg)
     elif args.command in ("maintain", "erase"):
         from pipelines.run import maintain
 
@@ -143,6 +158,42 @@ def _command(args: argparse.Namespace, overrides: List[str]) -> int:
         summary = run(cfg)
         print(json.dumps(summary, default=str), flush=True)
         return int(summary["exit_code"])
+    return 0
+
+
+def _training_set(args: argparse.Namespace, cfg) -> int:
+    """Build (or, with --mlflow-run, rebuild) a training set and write it as Parquet."""
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from pipelines.errors import ConfigError
+    from serving import training_set
+
+    if not args.out:
+        raise ConfigError("training-set needs --out FILE.parquet")
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise ConfigError(f"training-set: the folder of --out {args.out} does not exist")
+    if args.mlflow_run:
+        given = [flag for flag, value in (("--labels", args.labels), ("--features", args.features),
+                                          ("--version", args.version), ("--as-known-at", args.as_known_at),
+                                          ("--timestamp-column", args.timestamp_column)) if value]
+        if given:
+            raise ConfigError(f"training-set --mlflow-run rebuilds what that run recorded: drop {', '.join(given)}")
+        built = training_set.rebuild(cfg, args.mlflow_run)
+    else:
+        if not args.labels or not args.features:
+            raise ConfigError("training-set needs --labels FILE and --features SET[,SET] (or --mlflow-run RUN_ID)")
+        names = [n.strip() for n in args.features.split(",") if n.strip()]
+        specs = training_set.resolve_sets(cfg, names)
+        built = training_set.build(cfg, training_set.read_labels(args.labels, specs), names,
+                                   version=args.version or "latest",
+                                   mode="as_known_at" if args.as_known_at else "point_in_time",
+                                   timestamp_column=args.timestamp_column)
+    pq.write_table(built.table, out)
+    print(json.dumps({"rows": built.table.num_rows, "mlflow_run_id": built.mlflow_run_id,
+                      "snapshots": built.snapshots, "out": str(out.resolve())}), flush=True)
     return 0
 
 
