@@ -31,7 +31,7 @@ from pipelines.pii import load_key
 from pipelines.quality import gate as quality_gate
 from pipelines.profiles import require_credentials
 from pipelines.stages import bronze, gold, silver
-from serving import applied
+from serving import applied, freshness
 from validation import contract as contracts
 
 
@@ -259,6 +259,7 @@ def _locked(cfg: PipelineConfig, plan: Slice, sets: List[FeatureSet], run_id: st
         "gold_as_of": {name: [str(r.first_as_of), str(r.last_as_of)] for name, r in built.items()
                        if r.first_as_of is not None},
         "published": [p.feature_set for p in published],
+        "freshness": freshness.report(lake, sets),  # newest as-of per feature set and its age now
         "mlflow": {"tracking_uri": cfg.tracking.tracking_uri, "run_id": mlflow_run_id},
         "feast_repo": str(applied.repo_path(cfg)),
         "seconds": ctx.durations,
