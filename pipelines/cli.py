@@ -28,6 +28,15 @@ commands:
                medallion training-set --labels L.parquet|L.csv --features SET[,SET|SET_service]
                  [--version latest|gold@<snapshot id>] [--as-known-at] [--timestamp-column COL] --out T.parquet
                medallion training-set --mlflow-run <run id> --out T.parquet   (rebuild one, bit for bit)
+  versions     each table's snapshots, newest first: commit time, operation, the run that wrote it, rows
+               added and total: medallion versions [--table LAYER.NAME|NAME] [--json]
+  runs         pipeline runs, newest first: status (succeeded, failed, gate failed, killed), start,
+               duration, the snapshots each wrote: medallion runs [--json]
+  lineage      the silver rows one gold row was computed from, with their source files, file sha256 and
+               bronze runs: medallion lineage --feature-set SET --key <join key>=<value> --as-of YYYY-MM-DD
+                 [--json]
+  sources      each declared source: owner, kind, expected volume, SLAs, and the measured state (last
+               arrival, newest event, volume, each SLA met or breached since when): medallion sources [--json]
 
 a project (--project DIR, or $MEDALLION_PROJECT; default: the shipped sample, examples/sample):
   DIR/conf/dataset/<name>.yaml    one declaration per dataset: source, columns, key, event time, rules
@@ -54,7 +63,8 @@ examples:
   medallion sample-data data_dir=/tmp/demo && medallion run data_dir=/tmp/demo
 """
 
-COMMANDS = ["run", "backfill", "init", "config", "maintain", "erase", "sample-data", "training-set"]
+COMMANDS = ["run", "backfill", "init", "config", "maintain", "erase", "sample-data", "training-set", "versions",
+            "runs", "lineage", "sources"]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -65,7 +75,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="Hydra multirun: one job per combination of comma-separated override values, in order")
     parser.add_argument("--project", help="the project directory (default: $MEDALLION_PROJECT, else the sample)")
     parser.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
-    parser.add_argument("--key", help="erase: the entity to remove, as <join key>=<value>")
+    parser.add_argument("--key", help="erase: the entity to remove, as <join key>=<value>; lineage: the entity")
     parser.add_argument("--labels", help="training-set: a Parquet or CSV file of labels (join keys, a time, ...)")
     parser.add_argument("--features", help="training-set: feature sets or services, comma-separated")
     parser.add_argument("--version", help="training-set: latest (default) or gold@<snapshot id>")
@@ -74,6 +84,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--timestamp-column", help="training-set: the labels' time column (default: the only one)")
     parser.add_argument("--mlflow-run", help="training-set: rebuild the training set this MLflow run logged")
     parser.add_argument("--out", help="training-set: the Parquet file to write")
+    parser.add_argument("--table", help="versions: one table (LAYER.NAME), or a name (its table in every layer)")
+    parser.add_argument("--feature-set", help="lineage: the feature set of the gold row")
+    parser.add_argument("--as-of", help="lineage: the gold row's as-of day, YYYY-MM-DD")
+    parser.add_argument("--json", action="store_true", help="versions, runs, lineage, sources: print JSON, not a table")
     args = parser.parse_intermixed_args(argv)
     if args.command == "erase" and (not args.key or "=" not in args.key):
         parser.error("erase needs --key <join key>=<value>")
@@ -136,6 +150,15 @@ def _command(args: argparse.Namespace, overrides: List[str]) -> int:
                           **{k: v for k, v in summary.items() if isinstance(v, int)}}))
     elif args.command == "training-set":
         return _training_set(args, cfg)
+    elif args.command in ("versions", "runs", "lineage"):
+        return _versions(args, cfg)
+    elif args.command == "sources":
+        from pipelines.inventory import inventory, render
+        from pipelines.io.lake import Lake
+
+        entries = inventory(cfg, Lake(cfg.catalog))
+        print(json.dumps(entries, default=str) if args.json else render(entries), end="\n" if args.json else "",
+              flush=True)
     elif args.command in ("maintain", "erase"):
         from pipelines.run import maintain
 
@@ -194,6 +217,23 @@ def _training_set(args: argparse.Namespace, cfg) -> int:
     pq.write_table(built.table, out)
     print(json.dumps({"rows": built.table.num_rows, "mlflow_run_id": built.mlflow_run_id,
                       "snapshots": built.snapshots, "out": str(out.resolve())}), flush=True)
+    return 0
+
+
+def _versions(args: argparse.Namespace, cfg) -> int:
+    """`versions`, `runs` or `lineage`: a table for people, or with --json one JSON document."""
+    from pipelines.errors import ConfigError
+    from serving import versions
+
+    if args.command == "versions":
+        result, text = versions.versions(cfg, args.table), versions.format_versions
+    elif args.command == "runs":
+        result, text = versions.runs(cfg), versions.format_runs
+    else:
+        if not args.feature_set or not args.key or not args.as_of:
+            raise ConfigError("lineage needs --feature-set SET --key <join key>=<value> --as-of YYYY-MM-DD")
+        result, text = versions.lineage(cfg, args.feature_set, args.key, args.as_of), versions.format_lineage
+    print(json.dumps(result, default=str) if args.json else text(result), flush=True)
     return 0
 
 

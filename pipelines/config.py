@@ -106,6 +106,23 @@ class DatasetQualityConfig:
 
 
 @dataclass
+class VolumeConfig:
+    """How much a source is expected to deliver (`medallion sources` shows the measured volume beside it)."""
+
+    rows_per_day: Optional[float] = None
+    files_per_day: Optional[float] = None
+
+
+@dataclass
+class SlaConfig:
+    """What a source's consumers are promised, beside `quality.freshness` (newest event at most
+    max_age_hours old) and `quality.completeness` (share of values present)."""
+
+    latency_minutes: Optional[float] = None  # a file's arrival (landed) to its rows in gold
+    validity: Optional[float] = None  # share of refined rows that are valid (not quarantined)
+
+
+@dataclass
 class DatasetConfig:
     """One dataset, declared once: where it comes from, its columns and rules, its key, its event time.
 
@@ -139,6 +156,10 @@ class DatasetConfig:
     pii: Dict[str, str] = field(default_factory=dict)  # column -> protection: hmac (keyed token) | drop
     checks: List[CustomCheck] = field(default_factory=list)
     quality: DatasetQualityConfig = field(default_factory=DatasetQualityConfig)
+    # -- the inventory (`medallion sources`): who answers for the source, how much arrives, what is promised
+    owner: str = ""
+    volume: VolumeConfig = field(default_factory=VolumeConfig)
+    sla: SlaConfig = field(default_factory=SlaConfig)
 
     @property
     def column_names(self) -> List[str]:
@@ -518,6 +539,14 @@ def validate(cfg: PipelineConfig) -> None:
     for where, severity in severities.items():
         if severity not in ("warn", "fail"):
             raise ConfigError(f"config error: {where}.severity={severity!r} must be warn or fail")
+    for name, dataset in cfg.datasets.items():  # the inventory's promises (medallion sources)
+        promised = {"sla.validity": (dataset.sla.validity, 1.0), "sla.latency_minutes": (dataset.sla.latency_minutes, None),
+                    "volume.rows_per_day": (dataset.volume.rows_per_day, None),
+                    "volume.files_per_day": (dataset.volume.files_per_day, None)}
+        for key, (value, most) in promised.items():
+            if value is not None and (value <= 0 or (most is not None and value > most)):
+                raise ConfigError(f"config error: datasets.{name}.{key}={value} must be above 0"
+                                  + (f" and at most {most:g}" if most is not None else ""))
     if q.drift.baseline not in ("same_weekday", "previous_snapshot"):
         raise ConfigError(f"config error: quality.drift.baseline={q.drift.baseline!r} must be same_weekday or "
                           "previous_snapshot")

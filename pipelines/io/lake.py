@@ -12,7 +12,7 @@ import datetime as dt
 import json
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import pyarrow as pa
 import ray
@@ -381,6 +381,16 @@ class Lake:
         rollback (a failed quality gate) took out of the history do not count."""
         table = self._load_or_none(identifier)
         return _history_properties(table) if table is not None else []
+
+    def commits(self, identifier: str) -> List[Tuple[dt.datetime, Dict[str, str]]]:
+        """(commit time, summary) of the snapshots in the current snapshot's history, oldest first."""
+        table = self._load_or_none(identifier)
+        current = table.current_snapshot() if table is not None else None
+        if current is None:
+            return []
+        return [(dt.datetime.fromtimestamp(s.timestamp_ms / 1000, dt.timezone.utc),
+                 dict(s.summary.additional_properties) if s.summary is not None else {})
+                for s in list(ancestors_of(current, table.metadata))[::-1]]
 
     def recorded(self, identifier: str, key: str) -> List[Any]:
         """Union of the JSON lists recorded under `key` in the table's snapshot properties, and in the table
