@@ -112,7 +112,7 @@ def test_iceberg_metadata_in_postgres_and_files_in_the_object_store(prod_run, st
             {"c": catalog_name}).all()
     engine.dispose()
     locations = {f"{ns}.{name}": location for ns, name, location in rows}
-    assert set(locations) == set(summary["tables"]) | {"quality.check_results"}  # + the gate's check history
+    assert set(locations) == set(summary["tables"]) | {"quality.check_results", "quality.day_rows"}  # + the gate's history
     bucket = stack["MEDALLION_BUCKET"]
     prefix = warehouse[len(f"s3://{bucket}/"):]
     keys = _object_keys(stack, prefix)
