@@ -37,6 +37,8 @@ commands:
                  [--json]
   sources      each declared source: owner, kind, expected volume, SLAs, and the measured state (last
                arrival, newest event, volume, each SLA met or breached since when): medallion sources [--json]
+  probe        measure the sources' freshness (no pipeline run; metadata only) and write/push their
+               Prometheus metrics (metrics.file, metrics.pushgateway_url): for a timer every minute
 
 a project (--project DIR, or $MEDALLION_PROJECT; default: the shipped sample, examples/sample):
   DIR/conf/dataset/<name>.yaml    one declaration per dataset: source, columns, key, event time, rules
@@ -64,7 +66,7 @@ examples:
 """
 
 COMMANDS = ["run", "backfill", "init", "config", "maintain", "erase", "sample-data", "training-set", "versions",
-            "runs", "lineage", "sources"]
+            "runs", "lineage", "sources", "probe"]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -159,6 +161,12 @@ def _command(args: argparse.Namespace, overrides: List[str]) -> int:
         entries = inventory(cfg, Lake(cfg.catalog))
         print(json.dumps(entries, default=str) if args.json else render(entries), end="\n" if args.json else "",
               flush=True)
+    elif args.command == "probe":
+        from pipelines.metrics import probe
+
+        probed = probe(cfg)
+        print(json.dumps(probed, default=str), flush=True)
+        return 2 if "error" in probed else 0
     elif args.command in ("maintain", "erase"):
         from pipelines.run import maintain
 

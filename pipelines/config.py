@@ -350,6 +350,36 @@ class ExitCodesConfig:
 
 
 @dataclass
+class MetricsConfig:
+    """Prometheus metrics of each run and of the sources (pipelines/metrics.py): written to `file` (the
+    node-exporter textfile-collector convention) and/or pushed to a Pushgateway (a batch job's convention)."""
+
+    enabled: bool = True
+    file: Optional[str] = None  # the local profile: ${data_dir}/metrics/medallion.prom
+    pushgateway_url: Optional[str] = None  # the prod profile: http://host:9091 (a failed push only warns)
+    job: str = "medallion"  # the Pushgateway job; grouped by project (the project directory's name)
+    timeout_seconds: float = 2.0  # a push never holds a run longer than this
+    schedule_seconds: Optional[float] = None  # how often `run` is scheduled: exported for the "no success" alert
+
+
+@dataclass
+class LineageConfig:
+    """OpenLineage events of each run and stage (pipelines/lineage_events.py): written to a JSON-lines file
+    (`file`), POSTed to an OpenLineage receiver such as Marquez (`http`), or not emitted (`none`). A
+    receiver that is down never fails nor holds up a run: each event waits at most `timeout_seconds`, and
+    after `max_failures` failed events the run stops sending; failures are counted in the summary."""
+
+    transport: str = "file"  # file | http | none
+    file: Optional[str] = None  # file: the JSON-lines file (conf/config.yaml: data_dir/lineage/events.jsonl)
+    url: Optional[str] = None  # http: the receiver's base URL, e.g. http://marquez:5000
+    endpoint: str = "api/v1/lineage"
+    api_key_env: Optional[str] = None  # http: the environment variable holding a bearer API key, if any
+    timeout_seconds: float = 2.0
+    max_failures: int = 3
+    namespace: str = "medallion"  # the jobs' namespace (job names: <project>.run, <project>.<stage>)
+
+
+@dataclass
 class FeaturesConfig:
     sets: Optional[List[str]] = None  # the feature sets to build; None: every one of the project
 
@@ -377,6 +407,8 @@ class PipelineConfig:
     backfill: BackfillConfig = field(default_factory=BackfillConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     exit_codes: ExitCodesConfig = field(default_factory=ExitCodesConfig)
+    lineage: LineageConfig = field(default_factory=LineageConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # the settings of a project's sample-data generator (the shipped sample's: examples/sample/generate.py)
     sample: Optional[Dict[str, Any]] = None
 
@@ -581,6 +613,16 @@ def validate(cfg: PipelineConfig) -> None:
         raise ConfigError(f"config error: online_store.type={cfg.online_store.type!r} must be sqlite or redis")
     if cfg.registry.type not in ("file", "sql") or (cfg.registry.type == "sql" and not cfg.registry.path):
         raise ConfigError(f"config error: registry.type={cfg.registry.type!r} must be file, or sql with a path")
+    lineage = cfg.lineage
+    if lineage.transport not in ("file", "http", "none"):
+        raise ConfigError(f"config error: lineage.transport={lineage.transport!r} must be file, http or none")
+    if lineage.transport == "http" and not lineage.url:
+        raise ConfigError("config error: lineage.transport=http needs lineage.url (the receiver's base URL)")
+    if lineage.transport == "file" and not lineage.file:
+        raise ConfigError("config error: lineage.transport=file needs lineage.file")
+    if lineage.timeout_seconds <= 0 or lineage.max_failures < 1:
+        raise ConfigError(f"config error: lineage.timeout_seconds={lineage.timeout_seconds} must be above 0 and "
+                          f"lineage.max_failures={lineage.max_failures} at least 1")
     if cfg.profile == "prod":
         from pipelines.profiles import check_prod
 

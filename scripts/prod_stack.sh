@@ -199,6 +199,7 @@ export MLFLOW_TRACKING_URI=http://$HOST:$MLFLOW_PORT
 export MEDALLION_STACK_DIR=$STACK_DIR
 export MEDALLION_BUCKET=$BUCKET
 EOF
+  if [[ -f "$STACK_DIR/monitoring/env" ]]; then cat "$STACK_DIR/monitoring/env" >>"$STACK_DIR/env"; fi
 }
 
 up() {
@@ -219,6 +220,9 @@ up() {
   start_ray_worker 2
   wait_ray_nodes 3
   wait_for "the MLflow server" curl -sf "http://$HOST:$MLFLOW_PORT/health"
+  # Pushgateway, Prometheus, Alertmanager (scripts/monitoring_stack.sh): not needed by a run, so a failure
+  # to install or start them is reported and the rest of the stack stays up
+  "$ROOT/scripts/monitoring_stack.sh" up || log "the monitoring stack did not come up (metrics pushes will only warn)"
   write_env
   log "up: Ray $HOST:$RAY_PORT (3 nodes), S3 http://$HOST:$S3_PORT, MLflow http://$HOST:$MLFLOW_PORT; source $STACK_DIR/env"
 }
@@ -226,6 +230,7 @@ up() {
 down() {
   # Only what `up` started: PostgreSQL and Redis are shared services and stay up (their databases stay too).
   for name in ray-worker-1 ray-worker-2 ray-head mlflow s3; do stop_group "$name"; done
+  "$ROOT/scripts/monitoring_stack.sh" down || true
   rm -f "$STACK_DIR/env"
   log "down"
 }
@@ -237,6 +242,7 @@ status() {
   done
   pg_isready -h "$PG_HOST" -p "$PG_PORT" >/dev/null 2>&1 && echo "postgresql: running" || { echo "postgresql: stopped"; rc=1; }
   redis-cli -h "$HOST" -p "$REDIS_PORT" ping >/dev/null 2>&1 && echo "redis: running" || { echo "redis: stopped"; rc=1; }
+  "$ROOT/scripts/monitoring_stack.sh" status || true   # reported; optional, so not part of the exit code
   return $rc
 }
 
