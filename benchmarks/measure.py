@@ -37,6 +37,7 @@ class Measured:
     stdout: str
     stderr: str
     returncode: int
+    timed_out: bool = False  # killed (with its whole tree) after `timeout` seconds
 
     def last_json(self) -> Dict:
         """The JSON object on the last stdout line (what `medallion run` and the benchmark sides print)."""
@@ -56,8 +57,9 @@ def _tree_memory(root: psutil.Process) -> tuple[int, int]:
 
 
 def measured(command: Sequence[str], env: Optional[Dict[str, str]] = None, cwd: Path = ROOT,
-             interval: float = 0.25, check: bool = True) -> Measured:
-    """Run `command` to completion, sampling its process tree's memory; raise on failure when `check`."""
+             interval: float = 0.25, check: bool = True, timeout: Optional[float] = None) -> Measured:
+    """Run `command` to completion, sampling its process tree's memory; raise on failure when `check`.
+    With `timeout` (seconds), a command still running then is killed with its descendants (`timed_out`)."""
     full_env = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}
     start = time.perf_counter()
     proc = subprocess.Popen(list(command), cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -75,18 +77,32 @@ def measured(command: Sequence[str], env: Optional[Dict[str, str]] = None, cwd: 
                threading.Thread(target=drain, args=(proc.stderr, "err"), daemon=True)]
     for reader in readers:
         reader.start()
+    timed_out = False
     while proc.poll() is None:
         pss, rss = _tree_memory(root)
         peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
+        if timeout is not None and time.perf_counter() - start > timeout:
+            timed_out = True
+            _kill_tree(root)
+            proc.wait()
+            break
         time.sleep(interval)
     for reader in readers:
         reader.join()
     seconds = time.perf_counter() - start
     result = Measured(seconds, peak_pss / GIB, peak_rss / GIB, "".join(chunks["out"]), "".join(chunks["err"]),
-                      proc.returncode)
+                      proc.returncode, timed_out)
     if check and proc.returncode != 0:
         raise RuntimeError(f"command failed ({proc.returncode}): {' '.join(command)}\n{result.stderr[-4000:]}")
     return result
+
+
+def _kill_tree(root: psutil.Process) -> None:
+    for proc in root.children(recursive=True) + [root]:
+        try:
+            proc.kill()
+        except psutil.Error:
+            continue
 
 
 def python_module(module: str, *args: str) -> List[str]:

@@ -16,7 +16,9 @@ tree: driver, Ray's GCS/raylet and every worker; see benchmarks/measure.py):
    row for row, its silver, quarantine and duplicate counts and every quarantine reason too;
 4. publish vs Feast's materialize into fresh SQLite online stores (benchmarks/feast_materialize.py); every
    entity's values read back through Feast must be identical;
-5. online read latency through Feast (benchmarks/online_latency.py).
+5. online read latency through Feast (benchmarks/online_latency.py);
+6. with `--training-labels N`: a training set of N labels, our point-in-time builder against Feast's
+   `get_historical_features` (benchmarks/training_set.py); every feature value must be identical.
 
 Then, once: the manifests of 100 runs (benchmarks/manifests.py), and a run at `--large` transactions (30M)
 for its peak memory. A failed correctness check fails the suite (exit 1) after the results are written.
@@ -78,7 +80,7 @@ def iceberg_layout(data_dir: Path, run_id: str, identifiers: List[str]) -> Dict[
     return layout
 
 
-def bench_size(n: int, workdir: Path) -> Dict:
+def bench_size(n: int, workdir: Path, training_labels: int = 0) -> Dict:
     sample_dir = workdir / "samples" / f"n{n}"
     ensure_sample(n, sample_dir)
     data_dir = workdir / "runs" / f"n{n}"
@@ -121,6 +123,15 @@ def bench_size(n: int, workdir: Path) -> Dict:
     log("online latency")
     latency = measured(python_module("benchmarks.online_latency", "--data-dir", str(data_dir))).last_json()
 
+    training = None
+    if training_labels:
+        from benchmarks import training_set
+
+        log(f"training set ({training_labels:,} labels)")
+        training = {"transactions": n, "gold_rows": summary["tables"].get("gold.user_spend_daily", {}).get("rows"),
+                    **training_set.bench(data_dir, training_labels)}
+        problems += [f"training set: {p}" for p in training["problems"]]
+
     files = list(layout.values())
     all_sizes_median = statistics.median([i["median_file_mib"] for i in files if i["data_files"]])
     ours_publish_s = side_results["ours"]["seconds"]["publish"]
@@ -147,6 +158,7 @@ def bench_size(n: int, workdir: Path) -> Dict:
                     "ours_peak_gib": round(sides["ours"].peak_pss_gib, 2),
                     "feast_peak_gib": round(sides["feast"].peak_pss_gib, 2)},
         "online_latency": latency,
+        **({"training_set": training} if training else {}),
         "checks_passed": not problems,
         "problems": problems,
     }
@@ -259,6 +271,13 @@ def _size_tables(results: Dict) -> List[str]:
         lat = r["online_latency"]
         lines.append(f"| {r['transactions']:,} | {lat['single_entity']['p50_ms']} | {lat['single_entity']['p99_ms']} | "
                      f"{lat['entities_100']['p50_ms']} | {lat['entities_100']['p99_ms']} |")
+    training = [r["training_set"] for r in results["sizes"] if r.get("training_set")]
+    if training:
+        from benchmarks.training_set import table_lines
+
+        lines += ["", "Training set, point in time on the latest snapshot: `build_training_set` vs Feast's "
+                  "`get_historical_features(...).to_df()` (benchmarks/training_set.py; call s: the call alone; "
+                  "peak RSS: the process's max RSS):", ""] + table_lines(training)
     lines += ["", "Iceberg layout after the full run (snapshots the run committed / data files / median file MiB / "
               "manifests):", "", "| transactions | " + " | ".join(_short(t) for t in _tables(results)) + " |",
               "|" + "---|" * (1 + len(_tables(results)))]
@@ -290,12 +309,14 @@ def main() -> None:
     parser.add_argument("--manifest-runs", type=int, default=100, help="0 skips the measurement")
     parser.add_argument("--workdir", default=str(ROOT / "data" / "bench"))
     parser.add_argument("--name", default="suite", help="results file name in benchmarks/results/")
+    parser.add_argument("--training-labels", type=int, default=0,
+                        help="also a training set of this many labels vs Feast's get_historical_features (0: skip)")
     args = parser.parse_args()
     workdir = Path(args.workdir).resolve()
     results: Dict = {"machine": machine(), "command": "python -m benchmarks.suite " + " ".join(sys.argv[1:]),
                      "sizes": []}
     for n in args.sizes:
-        results["sizes"].append(bench_size(n, workdir))
+        results["sizes"].append(bench_size(n, workdir, args.training_labels))
         _write(results, args.name)  # partial results survive a later failure
     if args.manifest_runs:
         print(f"[suite] manifests over {args.manifest_runs} runs", file=sys.stderr, flush=True)

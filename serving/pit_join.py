@@ -83,12 +83,16 @@ def match(label_keys: pa.Array, label_ts: pa.Array, gold_keys: pa.Array, gold_as
     if not len(known):
         return found
     gold_us = _micros(gold_as_of)
-    left = pd.DataFrame({"code": label_code.to_numpy(zero_copy_only=False)[known].astype(np.int64),
-                         "t": _micros(label_ts)[known], "row": known})
-    right = pd.DataFrame({"code": pc.index_in(gold_keys, value_set=uniques).to_numpy().astype(np.int64),
-                          "as_of": gold_us, "gold": np.arange(len(gold_keys), dtype=np.int64)})
-    left = left.sort_values(["t", "row"], kind="mergesort")
-    right = right.sort_values(["as_of", "gold"], kind="mergesort")
+    label_us = _micros(label_ts)[known]
+    # Sorted by (time, position): positions are ascending already, so a stable sort on the time alone gives
+    # that order (gold comes day file by day file, nearly sorted, which the stable sort runs through fast);
+    # the arrays are sorted before the frames are built, so no frame is copied by a sort.
+    by_t = np.argsort(label_us, kind="stable")
+    by_as_of = np.argsort(gold_us, kind="stable")
+    left = pd.DataFrame({"code": label_code.to_numpy(zero_copy_only=False)[known].astype(np.int64)[by_t],
+                         "t": label_us[by_t], "row": known[by_t]})
+    right = pd.DataFrame({"code": pc.index_in(gold_keys, value_set=uniques).to_numpy().astype(np.int64)[by_as_of],
+                          "as_of": gold_us[by_as_of], "gold": by_as_of.astype(np.int64)})
     joined = pd.merge_asof(left, right, left_on="t", right_on="as_of", by="code", direction="backward",
                            allow_exact_matches=True)
     hit = joined["gold"].notna().to_numpy()

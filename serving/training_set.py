@@ -235,14 +235,16 @@ def _iso(micros: int) -> str:
 
 # pyiceberg binds an `In` in Python once per data file at planning and again at reading (~40 us a key a
 # file): 100k keys over 90 day files is minutes. Beyond this many keys, only the as-of range goes into the
-# scan (it prunes partitions) and the keys are kept in Arrow, batch by batch (`pc.is_in`): the same rows.
+# scan (it prunes partitions) and the entities are picked in Arrow (`_entities`).
 IN_PUSHDOWN_MAX_KEYS = 1_000
+_GROUP_ROWS = 1 << 20  # rows per membership test: `pc.is_in` builds its hash set of the keys on each call
 
 
 def gold_rows(lake, spec: SetSpec, snapshot_id: int, labels: pa.Table, ts: str) -> pa.Table:
     """The rows of gold at `snapshot_id` these labels can join: their entities, as-of days in
-    [earliest label - ttl, latest label] (filters pushed into the Iceberg scan; the entities in Arrow when
-    there are more than IN_PUSHDOWN_MAX_KEYS), in the spec's types."""
+    [earliest label - ttl, latest label] (filters pushed into the Iceberg scan; with more than
+    IN_PUSHDOWN_MAX_KEYS entities, these are picked in Arrow and a few rows of others may stay: `_entities`),
+    in the spec's types."""
     from pyiceberg.expressions import And, GreaterThanOrEqual, In, LessThanOrEqual
 
     keys = pc.unique(labels.column(spec.join_key).combine_chunks())
@@ -272,10 +274,34 @@ def gold_rows(lake, spec: SetSpec, snapshot_id: int, labels: pa.Table, ts: str) 
     else:
         reader = table.scan(row_filter=row_filter, selected_fields=tuple(columns),
                             snapshot_id=snapshot_id).to_arrow_batch_reader()
-        rows = pa.Table.from_batches(
-            [batch.filter(pc.is_in(batch.column(spec.join_key).cast(keys.type), value_set=keys))
-             for batch in reader], schema=reader.schema)
+        rows = _entities(reader, spec.join_key, keys)
     return _conform(rows, spec, rows.num_rows)
+
+
+def _entities(reader: pa.RecordBatchReader, join_key: str, keys: pa.Array) -> pa.Table:
+    """The rows of the labels' entities, tested group by group (~1M rows) as they are read. A group is
+    copied without the other entities' rows only when that drops at least a quarter of it: those rows never
+    join (the join matches on the key), so keeping a few costs less than copying the group to drop them."""
+    kept: List[pa.Table] = []
+    pending: List[pa.RecordBatch] = []
+
+    def flush() -> None:
+        group = pa.Table.from_batches(pending, schema=reader.schema)
+        pending.clear()
+        member = pc.is_in(group.column(join_key).cast(keys.type), value_set=keys)
+        dropped = len(member) - pc.sum(member).as_py() if len(member) else 0
+        kept.append(group.filter(member) if dropped * 4 >= len(member) else group)
+
+    size = 0
+    for batch in reader:
+        pending.append(batch)
+        size += batch.num_rows
+        if size >= _GROUP_ROWS:
+            flush()
+            size = 0
+    if pending or not kept:
+        flush()
+    return pa.concat_tables(kept)
 
 
 def _conform(rows: pa.Table, spec: SetSpec, n: int) -> pa.Table:

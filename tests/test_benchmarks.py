@@ -59,3 +59,34 @@ def test_publish_matches_feast_materialize(parquet_run):
         assert feast_materialize.run_side(data_dir, side)["entities"] > 0
     checked = feast_materialize.compare(data_dir)
     assert checked["entities_checked"] > 0 and checked["mismatching_values"] == 0
+
+
+@pytest.mark.parametrize("in_pushdown_max_keys", [1_000, 0])  # the entities pushed into the scan, or kept in Arrow
+def test_training_set_matches_feast_historical_features(parquet_run, monkeypatch, in_pushdown_max_keys):
+    """The training-set benchmark's labels (unknown entities, midnights, a microsecond before) through our
+    builder and Feast's get_historical_features give the same values, and its comparison sees a change."""
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from benchmarks import training_set
+    from serving import training_set as builder
+
+    monkeypatch.setattr(builder, "IN_PUSHDOWN_MAX_KEYS", in_pushdown_max_keys)
+    _, _, data_dir = parquet_run
+    labels = training_set.make_labels(data_dir, 400, "user_spend_daily", seed=16)
+    assert labels["unknown_entities"] > 0 and labels["at_midnight"] > 0 and labels["microsecond_before_midnight"] > 0
+    for side in training_set.SIDES:
+        assert training_set.run_side(data_dir, side, Path(labels["path"]), "user_spend_daily")["rows"] == 400
+    checked = training_set.compare(data_dir, "user_spend_daily")
+    assert checked["mismatching_values"] == 0 and checked["mismatching_label_values"] == 0
+    assert 0 < checked["labels_with_features"] < 400
+
+    ours_path = training_set.output_path(data_dir, "ours")
+    ours = pq.read_table(ours_path)
+    spend = ours.column("spend_7d").to_pylist()
+    changed = next(i for i, v in enumerate(spend) if v is not None)
+    spend[changed] += 0.01
+    pq.write_table(ours.set_column(ours.schema.get_field_index("spend_7d"), "spend_7d", pa.array(spend)), ours_path)
+    assert training_set.compare(data_dir, "user_spend_daily")["mismatching_by_feature"] == {"spend_7d": 1}
