@@ -520,8 +520,13 @@ def load_config(overrides: List[str] | None = None, project: str | Path | None =
     ConfigStore.instance().store(group="project", name="current", node=_project_node(root), package="_global_")
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            composed = compose(config_name="config",
-                               overrides=[f"hydra.searchpath=[file://{root / 'conf'}]", *overrides])
+            try:
+                composed = compose(config_name="config",
+                                   overrides=[f"hydra.searchpath=[file://{root / 'conf'}]", *overrides])
+            except (AttributeError, AssertionError) as exc:  # OmegaConf cannot set a key under a null group
+                raise ConfigError(f"config error: an override could not be applied ({_one_line(exc)}): a group "
+                                  "that is null (e.g. datasets.<name>.quality.freshness) is set in the "
+                                  "declaration's file, not on the command line") from None
         # Paths in the config interpolate data_dir: make it absolute once (relative: to the working directory).
         composed.data_dir = str(Path(str(composed.data_dir)).expanduser().resolve())
         OmegaConf.resolve(composed)

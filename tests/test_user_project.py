@@ -422,6 +422,32 @@ def test_first_run_of_a_new_project_equals_the_oracle(first_run):
 
 @pytest.mark.e2e
 @pytest.mark.slow
+def test_sources_of_a_new_project_with_one_sla_breached_and_one_met(first_run):
+    """`medallion sources` knows the project's datasets from their declarations alone: a latency SLA of
+    a millisecond is breached, a validity SLA of one half is met."""
+    from pyiceberg.catalog import load_catalog
+
+    project, summary = first_run["project"], first_run["summary"]
+    entries = {e["dataset"]: e for e in summary_of(medallion(
+        project, "sources", "--json", "datasets.readings.sla.latency_minutes=0.00002",
+        "datasets.readings.sla.validity=0.5"))}
+    assert set(entries) == {"readings", "sensors"}
+    readings = entries["readings"]
+    catalog = load_catalog(summary["catalog"]["name"], **summary["catalog"]["properties"])
+    newest = max(catalog.load_table("silver.readings").scan(selected_fields=("reading_time",)).to_arrow()
+                 .column("reading_time").to_pylist())
+    # completeness is breached too: the project's readings lack humidity often (its gate only warns)
+    assert readings["newest_event"] == newest.isoformat() and readings["breached"] == ["latency", "completeness"]
+    slas = {s["name"]: s for s in readings["slas"]}
+    assert slas["completeness"]["measured"] < 0.95 and slas["completeness"]["detail"].startswith("lowest: ")
+    assert slas["latency"]["measured"] > 0.00002 and slas["latency"]["since"] is not None
+    valid, quarantined = summary["tables"]["silver.readings"]["rows"], summary["tables"]["quarantine.readings"]["rows"]
+    assert (slas["validity"]["met"], slas["validity"]["measured"]) == (True, round(valid / (valid + quarantined), 6))
+    assert [s["name"] for s in entries["sensors"]["slas"]] == ["completeness"]  # no event time: no freshness
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_a_new_batch_is_added_incrementally_and_a_rerun_finds_nothing_new(second_run):
     project, summary, state = second_run["project"], second_run["summary"], second_run["state"]
     assert summary["status"] == _status(summary) and summary["new_data"] is True
