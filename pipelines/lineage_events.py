@@ -32,6 +32,7 @@ import datetime as dt
 import os
 import re
 import sys
+import time
 import traceback
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -184,6 +185,7 @@ class Emitter:
     dropped: int = 0
     mlflow_run_id: Optional[str] = None
     code_version: Optional[str] = None
+    seconds: float = 0.0  # spent building and sending this run's events (its cost, in the summary)
 
     def __post_init__(self) -> None:
         self.client = _client(self.cfg.lineage)
@@ -213,7 +215,7 @@ class Emitter:
 
     def stats(self) -> Dict[str, Any]:
         return {"transport": self.cfg.lineage.transport, "run_id": self.run_uuid, "events_sent": self.sent,
-                "events_failed": self.failed, "events_dropped": self.dropped}
+                "events_failed": self.failed, "events_dropped": self.dropped, "seconds": round(self.seconds, 3)}
 
     # -- building
     def event(self, state: RunState, run_id: str, job_name: str, job_type: str, run_facets: Dict[str, Any],
@@ -486,7 +488,9 @@ def pipeline_run(cfg, run_id: str, kind: str, sets) -> Iterator[Emitter]:
     except Exception:
         pass
     token = _current.set(emitter)
-    emitter.emit(emitter.event(RunState.START, emitter.run_uuid, emitter.job_name, "JOB", emitter.pipeline_facets()))
+    with _timed(emitter):
+        emitter.emit(emitter.event(RunState.START, emitter.run_uuid, emitter.job_name, "JOB",
+                                   emitter.pipeline_facets()))
     try:
         yield emitter
     except BaseException as exc:
@@ -501,17 +505,32 @@ def pipeline_run(cfg, run_id: str, kind: str, sets) -> Iterator[Emitter]:
 def finished(emitter: Emitter, summary: Dict[str, Any]) -> Dict[str, Any]:
     """COMPLETE the pipeline run (with its MLflow run) and add what was sent to the summary."""
     emitter.mlflow_run_id = (summary.get("mlflow") or {}).get("run_id") or emitter.mlflow_run_id
-    emitter.emit(emitter.event(RunState.COMPLETE, emitter.run_uuid, emitter.job_name, "JOB",
-                               emitter.pipeline_facets()))
+    with _timed(emitter):
+        emitter.emit(emitter.event(RunState.COMPLETE, emitter.run_uuid, emitter.job_name, "JOB",
+                                   emitter.pipeline_facets()))
     summary["lineage"] = emitter.stats()
     logs.get().info("lineage events", **emitter.stats())
     return summary
+
+
+@contextmanager
+def _timed(emitter: Emitter) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        emitter.seconds += time.perf_counter() - start
 
 
 def stage_started(ctx, name: str) -> Optional[StageRun]:
     emitter = _current.get()
     if emitter is None:
         return None
+    with _timed(emitter):
+        return _stage_started(emitter, ctx, name)
+
+
+def _stage_started(emitter: Emitter, ctx, name: str) -> Optional[StageRun]:
     try:
         _note_mlflow(emitter)
         stage = StageRun(name, str(generate_new_uuid()), *emitter.stage_datasets(name))
@@ -529,6 +548,11 @@ def stage_ended(ctx, stage: Optional[StageRun], error: Optional[BaseException] =
     emitter = _current.get()
     if emitter is None or stage is None:
         return
+    with _timed(emitter):
+        _stage_ended(emitter, ctx, stage, error)
+
+
+def _stage_ended(emitter: Emitter, ctx, stage: StageRun, error: Optional[BaseException]) -> None:
     try:
         _note_mlflow(emitter)
         inputs, outputs = emitter.datasets(ctx, stage, complete=True)
