@@ -140,7 +140,10 @@ class Project:
         raise AssertionError(f"{metric} not written")
 
     def medallion(self, command: str, *extra: str):
-        env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+        return self.medallion_env({}, command, *extra)
+
+    def medallion_env(self, variables: Dict[str, str], command: str, *extra: str):
+        env = {**os.environ, "RAY_AUTH_MODE": "disabled", **variables}
         return subprocess.run([sys.executable, "-m", "pipelines", command, *self.overrides(*extra)],
                               capture_output=True, text=True, cwd=ROOT, env=env)
 
@@ -190,8 +193,16 @@ def test_freshness_alert_from_a_probe_with_no_run(delivered):
 
 
 def test_no_successful_run_within_the_schedule(delivered):
-    """metrics.schedule_seconds (25 s here): once the last success is older, the alert fires."""
+    """metrics.schedule_seconds (25 s here): a run killed mid-way (SIGKILL after its plan: no clean-up, no
+    push) leaves the last success where it was, and once that is older than the schedule the alert fires."""
     project, receiver, _ = delivered
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    killed_file = project.dir / "landing" / "orders" / "killed.csv"
+    killed_file.write_text(_orders(now, [("k-1", 1, "12.50", "web", now - dt.timedelta(minutes=1))]))
+    killed = project.medallion_env({"MEDALLION_CRASH_AT": "planned:1"}, "run")
+    assert killed.returncode == -9, killed.stderr[-3000:]  # killed before anything was written
+    killed_file.unlink()  # (the next test's delivery is its own)
+    assert project.pushed("medallion_last_success_timestamp_seconds") == project.succeeded_at
     breach = project.succeeded_at + SCHEDULE_SECONDS
     alert = receiver.wait_for("MedallionNoSuccessWithinSchedule", project.name, timeout=SCHEDULE_SECONDS + 120)
     assert alert["labels"]["pipeline"] == "run"
