@@ -50,6 +50,8 @@ SET_COUNTS = {
     "gold_rows_written": ("medallion_feature_set_gold_rows_written", "Gold rows written in the run"),
     "online_entities_written": ("medallion_feature_set_online_rows_written",
                                 "Rows (entities) written to the online store in the run"),
+    "online_check_mismatches": ("medallion_feature_set_online_mismatches",
+                                "Online values that differ from gold's after publishing (the run's check)"),
 }
 
 

@@ -46,6 +46,7 @@ medallion_dataset_rows_quarantined{dataset="events"} 7.0
 medallion_dataset_rows_duplicates{dataset="events"} 3.0
 medallion_feature_set_gold_rows_written{feature_set="daily"} 40.0
 medallion_feature_set_online_rows_written{feature_set="daily"} 12.0
+medallion_feature_set_online_mismatches{feature_set="daily"} 0.0
 medallion_dataset_files{dataset="events",outcome="ingested"} 3.0
 medallion_dataset_files{dataset="events",outcome="rejected"} 1.0
 medallion_table_last_success_timestamp_seconds{table="silver.events"} 900.5
