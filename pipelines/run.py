@@ -296,6 +296,9 @@ def _ingest(ctx: RunContext, source: DatasetConfig, file_plan, interrupted: List
     ctx.counts[f"{source.name}.units_ingested"] = len(result.units) + sum(len(r.units) for r in resumed)
     for outcome, files in (file_plan.files if file_plan is not None else {}).items():
         ctx.counts[f"{source.name}.files_{outcome}"] = files
+    if file_plan is not None:  # this run's files (an interrupted attempt's are in its own bronze commit)
+        ingested = set(result.units)
+        ctx.counts[f"{source.name}.bytes_ingested"] = sum(f.size for f in file_plan.new_files if f.uri in ingested)
 
 
 def _publish(ctx: RunContext, cfg: PipelineConfig, sets: List[FeatureSet], built: Dict[str, gold.GoldResult]):

@@ -82,6 +82,10 @@ def test_every_file_is_ingested_skipped_or_refused_with_its_reason_once(tmp_path
     assert sorted((r["uri"].rsplit("/", 1)[1], r["outcome"]) for r in ledger) == [
         ("day.csv.zip", "rejected"), ("export.json", "rejected"), ("header_only.csv", "empty"),
         ("notes.txt", "rejected"), ("truncated.csv.gz", "rejected")]
+    # bytes ingested (a metric): the sizes of the files that went into bronze, as they lie on disk
+    not_ingested = {r["uri"].rsplit("/", 1)[1] for r in ledger}
+    assert first["counts"]["transactions.bytes_ingested"] == sum(
+        f.stat().st_size for f in folder.iterdir() if f.name not in not_ingested)
     assert {r["run_id"] for r in ledger} == {first["run_id"]}
 
     # the same files again: each was judged, none is judged again; nothing new, a clean exit
