@@ -12,7 +12,7 @@ Datasets, named by the OpenLineage naming rules:
   `sqlite://<database file>`), name the table it reads;
 - an Iceberg table -> namespace the warehouse location (`file:///.../warehouse`, `s3://bucket/warehouse`;
   a REST catalog's warehouse name is qualified by the catalog's URI), name the table identifier
-  (`silver.transactions`), with a catalog facet naming the catalog.
+  (`silver.<dataset>`), with a catalog facet naming the catalog.
 
 Facets: the schema of each dataset (the declaration for a source, the Iceberg schema for a table), the
 table's snapshot (dataset version) and rows written (output statistics), column lineage (gold feature <-
