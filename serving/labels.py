@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.errors import PipelineError
+from validation.parsing import parse_instants
 
 UTC_US = pa.timestamp("us", tz="UTC")
 _ARROW_KEY = {"int64": pa.int64(), "string": pa.string()}
@@ -137,12 +138,20 @@ def _timestamp(column: pa.ChunkedArray, name: str) -> pa.Array:
     kind = values.type
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         _no_nulls(values, name, "label time")
-        try:  # naive text is UTC; pandas keeps nanoseconds, checked below like any other
-            parsed = pd.to_datetime(pd.Series(values.to_pylist()), utc=True, format="ISO8601")
-        except (ValueError, TypeError) as exc:
-            raise LabelError(f"labels column {name!r}: not an ISO-8601 timestamp ({str(exc).splitlines()[0]})") \
-                from None
-        values = pa.Array.from_pandas(parsed)
+        # digits past the microsecond that are not all zero: nanoseconds (refused like a ns column below)
+        finer = pc.match_substring_regex(values, r"\.\d{6}\d*[1-9]").to_numpy(zero_copy_only=False)
+        if finer.any():
+            row = int(np.flatnonzero(finer)[0])
+            raise LabelError(f"labels column {name!r}: {values[row].as_py()} (row {row}) has nanoseconds; gold is "
+                             "kept in microseconds, so truncate or round the label times first")
+        # value by value, as the pipeline parses event times (naive = UTC): pandas over a whole column would
+        # apply one row's offset to the zone-less rows after it
+        parsed = parse_instants(pa.chunked_array([values])).combine_chunks()
+        if parsed.null_count:
+            row = int(np.flatnonzero(parsed.is_null().to_numpy(zero_copy_only=False))[0])
+            raise LabelError(f"labels column {name!r}: {values[row].as_py()!r} (row {row}) is not an ISO-8601 "
+                             "timestamp")
+        values = parsed
     elif pa.types.is_date(kind):
         values = values.cast(pa.timestamp("s"))
     elif not pa.types.is_timestamp(kind):

@@ -172,6 +172,14 @@ def test_label_checks_cast_what_is_lossless():
     assert when.to_pylist() == [dt.datetime(2026, 1, 2, tzinfo=UTC)]
     strings = label_checks.prepare(pa.table({"k": [42], "ts": naive["ts"]}), {"k": ("string", "s")}, None)[0]
     assert strings.column("k").to_pylist() == ["42"]
+    # each text value by itself: a zone on one row does not shift the zone-less (UTC) row after it
+    mixed = pa.table({"user_id": ["42", "43"], "when": ["2026-01-02T00:00:00+02:00", "2026-01-02T00:00:00"]})
+    assert label_checks.prepare(mixed, KEYS, "when")[0].column("when").to_pylist() == [
+        dt.datetime(2026, 1, 1, 22, tzinfo=UTC), dt.datetime(2026, 1, 2, tzinfo=UTC)]
+    text_ns = pa.table({"user_id": ["42"], "when": ["2026-01-02T00:00:00.000000001Z"]})
+    assert _one_line_error(lambda: label_checks.prepare(text_ns, KEYS, "when")) == (
+        "labels column 'when': 2026-01-02T00:00:00.000000001Z (row 0) has nanoseconds; gold is kept in "
+        "microseconds, so truncate or round the label times first")
 
 
 def test_each_bad_label_is_one_line_naming_the_column():
@@ -499,7 +507,7 @@ def test_point_in_time_rows_are_the_rows_feast_picks(late_lake):
                        for r in ours.to_pylist())
     payload = json.dumps([{"user_id": int(k), "event_timestamp": t.isoformat()} for k, t in zip(labels.user_id, times)])
     done = subprocess.run([sys.executable, "-c", FEAST_HISTORICAL, str(applied.repo_path(cfg)), payload, f"{SET}_service"],
-                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent, timeout=600)
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 0, done.stderr[-2000:]
     feast = json.loads(done.stdout.strip().splitlines()[-1])
     nan = lambda v: None if isinstance(v, float) and v != v else v  # noqa: E731
