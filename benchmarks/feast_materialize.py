@@ -61,18 +61,11 @@ def open_store(data_dir: Path, side: str):
     return FeatureStore(repo_path=str(data_dir / "bench_feast" / side))
 
 
-def gold_days(lake, identifier: str):
-    """First and last as-of day of a gold table, from its partition metadata."""
-    partitions = lake.table(identifier).inspect.partitions().column("partition").to_pylist()
-    days = [dt.date(1970, 1, 1) + dt.timedelta(days=p["as_of_day"]) if isinstance(p["as_of_day"], int)
-            else p["as_of_day"] for p in partitions]
-    return min(days), max(days)
-
-
 def run_side(data_dir: Path, side: str) -> Dict:
     from features.registry import feature_sets
     from pipelines.io.lake import Lake
     from serving import publish
+    from serving.online_sqlite import feast_sqlite_timestamps
 
     cfg = _config(data_dir)
     sets = feature_sets(cfg.features.sets)
@@ -84,7 +77,8 @@ def run_side(data_dir: Path, side: str) -> Dict:
     entities = 0
     with timer("publish"):
         for fs in sets:
-            first, last = gold_days(lake, f"gold.{fs.name}")
+            days = lake.rows_by_day(f"gold.{fs.name}", fs.as_of_column)  # partition metadata
+            first, last = min(days), max(days)
             if side == "ours":
                 result = publish.publish(store, lake, fs, first)
                 assert result.mismatches == 0, result
@@ -92,7 +86,7 @@ def run_side(data_dir: Path, side: str) -> Dict:
             else:
                 start = dt.datetime.combine(first, dt.time(), dt.timezone.utc)
                 end = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), dt.timezone.utc)
-                publish._feast_sqlite_timestamps()
+                feast_sqlite_timestamps()
                 store.materialize(start_date=start, end_date=end, feature_views=[fs.name])
                 entities += len(lake.read_arrow(f"gold.{fs.name}", columns=[fs.entity.join_key]).column(0).unique())
     return {"side": side, "seconds": timer.seconds, "entities": entities,

@@ -80,7 +80,6 @@ def make_labels(data_dir: Path, n: int, feature_set: str, seed: int, unknown_sha
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from benchmarks.feast_materialize import gold_days
     from features.registry import feature_set as load_set
     from pipelines.io.lake import Lake
 
@@ -91,7 +90,8 @@ def make_labels(data_dir: Path, n: int, feature_set: str, seed: int, unknown_sha
     lake = Lake(cfg.catalog)
     identifier = f"gold.{fs.name}"
     gold_keys = np.sort(pc.unique(lake.read_arrow(identifier, columns=[fs.entity.join_key]).column(0)).to_numpy())
-    first, last = gold_days(lake, identifier)
+    days = lake.rows_by_day(identifier, fs.as_of_column)  # partition metadata
+    first, last = min(days), max(days)
     rng = np.random.default_rng(seed)
 
     unknown = rng.random(n) < unknown_share

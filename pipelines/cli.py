@@ -156,9 +156,9 @@ def _command(args: argparse.Namespace, overrides: List[str]) -> int:
         return _versions(args, cfg)
     elif args.command == "sources":
         from pipelines.inventory import inventory, render
-        from pipelines.io.lake import Lake
+        from pipelines.io.lake import open_lake
 
-        entries = inventory(cfg, Lake(cfg.catalog))
+        entries = inventory(cfg, open_lake(cfg.catalog))
         print(json.dumps(entries, default=str) if args.json else render(entries), end="\n" if args.json else "",
               flush=True)
     elif args.command == "probe":

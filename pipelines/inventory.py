@@ -51,47 +51,29 @@ def _iso(value: Optional[dt.datetime]) -> Optional[str]:
     return value.isoformat() if value is not None else None
 
 
-def _newest_event(lake: Lake, identifier: str, column: str) -> Optional[dt.datetime]:
-    """From the data files' column bounds (no data read)."""
-    if not lake.exists(identifier) or lake.table(identifier).current_snapshot() is None:
-        return None
-    metrics = lake.table(identifier).inspect.files().column("readable_metrics").to_pylist()
-    bounds = [m[column]["upper_bound"] for m in metrics if m and m[column]["upper_bound"] is not None]
-    return max(bounds) if bounds else None
-
-
 def _rows_per_day(lake: Lake, identifier: str, event_time: str, last_day: dt.date) -> float:
     """Mean rows per event day over the VOLUME_DAYS days up to `last_day` (partition metadata)."""
-    table = lake.table(identifier)
-    partitions = table.inspect.partitions()
     first = last_day - (VOLUME_DAYS - 1) * DAY
-    total = 0
-    for partition, rows in zip(partitions.column("partition").to_pylist(),
-                               partitions.column("record_count").to_pylist()):
-        day = partition.get(f"{event_time}_day")
-        day = dt.date(1970, 1, 1) + dt.timedelta(days=day) if isinstance(day, int) else day
-        if day is not None and first <= day <= last_day:
-            total += rows
-    return total / VOLUME_DAYS
+    return sum(rows for day, rows in lake.rows_by_day(identifier, event_time).items()
+               if first <= day <= last_day) / VOLUME_DAYS
 
 
-def _landed(uris: Sequence[str]) -> List[dt.datetime]:
-    """Modification times of the files still where they landed (a file moved away has none)."""
+def _landed(location: Optional[str], uris: Sequence[str]) -> List[dt.datetime]:
+    """Modification times of the files still where they landed (a file moved away has none): one
+    filesystem for the source's location, one metadata call for all the files."""
     from pyarrow import fs as pafs
 
     from pipelines.io.sources import _filesystem
 
-    times = []
-    for uri in uris:
-        try:
-            filesystem, path = _filesystem(uri)
-            info = filesystem.get_file_info(path)
-        except (OSError, ValueError):
-            continue
-        if info.type == pafs.FileType.File and info.mtime is not None:
-            mtime = info.mtime
-            times.append(mtime if mtime.tzinfo else mtime.replace(tzinfo=dt.timezone.utc))
-    return times
+    if not location or not uris:
+        return []
+    try:
+        filesystem, _ = _filesystem(location)
+        infos = filesystem.get_file_info([u.split("://", 1)[1] if "://" in u else u for u in uris])
+    except (OSError, ValueError):
+        return []
+    return [i.mtime if i.mtime.tzinfo else i.mtime.replace(tzinfo=dt.timezone.utc)
+            for i in infos if i.type == pafs.FileType.File and i.mtime is not None]
 
 
 def _breach_since(history: List[Tuple[dt.datetime, bool]]) -> Optional[dt.datetime]:
@@ -161,18 +143,26 @@ def _latency(ds: DatasetConfig, ingests: Commits, reached: Commits, now: dt.date
         return None
     target = f"landed -> {downstream} <= {ds.sla.latency_minutes:g} min"
     limit = dt.timedelta(minutes=ds.sla.latency_minutes)
-    history: List[Tuple[dt.datetime, bool]] = []
+    first_reached: Dict[str, dt.datetime] = {}  # bronze run -> the first downstream commit reflecting it
+    for t, commit in reached:
+        for run in commit.bronze_runs:
+            first_reached.setdefault(run, t)
+    history: List[Tuple[dt.datetime, bool]] = []  # newest first, back to the newest ingest that met it
     last: Optional[Tuple[float, bool]] = None
-    for at, ingest in ingests:
-        landed = _landed([u.uri for u in ingest.units]) or [at]  # moved away: from its ingest
+    for at, ingest in reversed(ingests):
+        landed = _landed(ds.path, [u.uri for u in ingest.units]) or [at]  # moved away: from its ingest
         first = min(landed)
-        done = next((t for t, c in reached if ingest.run_id in c.bronze_runs), None)
+        done = first_reached.get(ingest.run_id)
         took = (done or now) - first
         history.append((first + limit, took <= limit))
-        last = (took.total_seconds() / 60, done is not None)
+        if last is None:
+            last = (took.total_seconds() / 60, done is not None)
+        if took <= limit:  # the breach (if any) began after this one: older ingests change nothing
+            break
     if last is None:
         return SlaState("latency", target, None, None, None, "nothing ingested yet")
     minutes, done = last
+    history.reverse()
     return SlaState("latency", target, round(minutes, 3), history[-1][1], _iso(_breach_since(history)),
                     f"last ingest {'reached' if done else 'has not yet reached'} {downstream}")
 
@@ -183,7 +173,7 @@ def source_state(cfg: PipelineConfig, lake: Lake, ds: DatasetConfig, gold_tables
     bronze = _commits(lake, f"bronze.{name}")
     silver = _commits(lake, f"silver.{name}")
     ingests = [(at, c) for at, c in bronze if c.units]
-    newest = _newest_event(lake, f"silver.{name}", ds.event_time) if ds.event_time else None
+    newest = lake.upper_bound(f"silver.{name}", ds.event_time) if ds.event_time else None
     week = [(at, c) for at, c in ingests if ingests and at > ingests[-1][0] - VOLUME_DAYS * DAY]
     volume: Dict[str, Any] = {"expected_rows_per_day": ds.volume.rows_per_day,
                               "expected_files_per_day": ds.volume.files_per_day,

@@ -187,27 +187,49 @@ def failure_summary(kind: str, run_id: str, error: BaseException, seconds: float
 
 # --- where they go ---------------------------------------------------------------------------------
 
-def merge_text(old: str, new: str) -> str:
-    """`new`'s families replace `old`'s of the same name; `old`'s other families are kept (Pushgateway POST)."""
+def _family(line: str, current: Optional[str]) -> Optional[str]:
+    if line.startswith("# HELP ") or line.startswith("# TYPE "):
+        return line.split()[2]
+    if line and not line.startswith("#"):
+        return re.split(r"[{ ]", line, 1)[0]
+    return current
+
+
+def merge_text(old: str, new: str, pipeline: Optional[str] = None) -> str:
+    """`new`'s families replace `old`'s of the same name, except the samples of another pipeline (a
+    backfill must not erase the run's last success): those stay, inside their family's block. `old`'s
+    other families are kept whole."""
     names = {f.name for f in text_string_to_metric_families(new)}
     kept: List[str] = []
+    others: Dict[str, List[str]] = {}  # family -> samples of other pipelines
     family = None
     for line in old.splitlines():
-        if line.startswith("# HELP ") or line.startswith("# TYPE "):
-            family = line.split()[2]
-        elif line and not line.startswith("#"):
-            family = re.split(r"[{ ]", line, 1)[0]
-        if family is not None and family not in names and line:
+        family = _family(line, family)
+        if family is None or not line:
+            continue
+        if family not in names:
             kept.append(line)
-    return new + ("\n".join(kept) + "\n" if kept else "")
+        elif pipeline and not line.startswith("#") and 'pipeline="' in line and f'pipeline="{pipeline}"' not in line:
+            others.setdefault(family, []).append(line)
+    out: List[str] = []
+    family = None
+    for line in new.splitlines():
+        now = _family(line, family)
+        if now != family and family in others:
+            out += others.pop(family)
+        family = now
+        out.append(line)
+    if family in others:
+        out += others.pop(family)
+    return "\n".join(out + kept) + "\n"
 
 
-def write_file(path: str | Path, registry: CollectorRegistry) -> None:
+def write_file(path: str | Path, registry: CollectorRegistry, pipeline: Optional[str] = None) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     body = text(registry)
     if path.exists():
-        body = merge_text(path.read_text(), body)
+        body = merge_text(path.read_text(), body, pipeline)
     # atomic: the textfile collector must never read half a file
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".medallion-", suffix=".prom.tmp")
     with os.fdopen(fd, "w") as handle:
@@ -220,8 +242,10 @@ def project_name(cfg) -> str:
     return Path(cfg.project).name or "default"
 
 
-def publish(cfg, registry: CollectorRegistry, warn: Callable[..., None]) -> Dict[str, Any]:
-    """Write and/or push `registry` as configured; never raises (a failure is warned about and counted)."""
+def publish(cfg, registry: CollectorRegistry, warn: Callable[..., None], pipeline: Optional[str] = None) -> Dict[str, Any]:
+    """Write and/or push `registry` as configured; never raises (a failure is warned about and counted).
+    `pipeline` (run, backfill, probe) is part of the Pushgateway group, so one pipeline's push does not
+    replace another's series of the same metric."""
     global _push_failures
     from prometheus_client import pushadd_to_gateway
 
@@ -230,7 +254,8 @@ def publish(cfg, registry: CollectorRegistry, warn: Callable[..., None]) -> Dict
     if settings.pushgateway_url:
         try:
             pushadd_to_gateway(settings.pushgateway_url, job=settings.job, registry=registry,
-                               grouping_key={"project": project_name(cfg)}, timeout=settings.timeout_seconds)
+                               grouping_key={"project": project_name(cfg), **({"pipeline": pipeline} if pipeline else {})},
+                               timeout=settings.timeout_seconds)
             result["pushed"] = True
         except Exception as exc:  # noqa: BLE001 - the gateway being down must never fail the run
             _push_failures += 1
@@ -244,9 +269,9 @@ def publish(cfg, registry: CollectorRegistry, warn: Callable[..., None]) -> Dict
               registry=registry).set(_push_failures)
     if settings.file:
         try:
-            write_file(settings.file, registry)
+            write_file(settings.file, registry, pipeline)
             result["file"] = str(settings.file)
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - an unreadable old file must not fail a committed run
             warn("metrics file not written", file=str(settings.file), error=str(exc))
     result["push_failures"] = _push_failures
     return result
@@ -306,7 +331,7 @@ def emit_run(cfg, summary: Dict[str, Any]) -> Dict[str, Any]:
                 tables, cache)
     if lake is not None:
         _sources(cfg, lake, registry, cache, now, log.warning)
-    result = publish(cfg, registry, log.warning)
+    result = publish(cfg, registry, log.warning, summary.get("kind"))
     log.info("metrics published", **result)
     return result
 
@@ -320,7 +345,14 @@ def reported(cfg, kind: str, run_id: str) -> Iterator[Callable[[Dict[str, Any]],
     def report(summary: Dict[str, Any]) -> Dict[str, Any]:
         summary.setdefault("duration_seconds", round(time.perf_counter() - start, 3))
         began = time.perf_counter()
-        summary["metrics"] = emit_run(cfg, summary)
+        try:
+            summary["metrics"] = emit_run(cfg, summary)
+        except Exception as exc:  # noqa: BLE001 - the run has committed: metrics must not turn it into a failure
+            from pipelines import logs
+
+            logs.get().warning("metrics not published", error=(str(exc).splitlines() or [repr(exc)])[0][:300])
+            summary["metrics"] = {"file": None, "pushed": None, "push_failures": _push_failures,
+                                  "error": type(exc).__name__}
         summary["metrics"]["seconds"] = round(time.perf_counter() - began, 3)  # its cost, in the summary
         summary.pop("duration_seconds", None)
         return summary
@@ -340,7 +372,7 @@ def probe(cfg) -> Dict[str, Any]:
     """`medallion probe`: the sources' metrics only (no run, no lock, metadata only), written and/or pushed."""
     import structlog
 
-    from pipelines.io.lake import Lake
+    from pipelines.io.lake import open_lake
 
     log = structlog.get_logger("medallion.probe")
     now = time.time()
@@ -348,16 +380,16 @@ def probe(cfg) -> Dict[str, Any]:
     from pipelines.inventory import inventory
 
     try:
-        entries = inventory(cfg, Lake(cfg.catalog), dt.datetime.fromtimestamp(now, dt.timezone.utc))
+        entries = inventory(cfg, open_lake(cfg.catalog), dt.datetime.fromtimestamp(now, dt.timezone.utc))
     except Exception as exc:  # noqa: BLE001 - a catalog that cannot be read is what the probe must report
         error = (str(exc).strip().splitlines() or [repr(exc)])[0][:300]
         log.warning("probe: sources not measured", error=error)
         _gauge(registry, "medallion_source_probe_success", "1 if the last probe measured the sources", {}, 0, cache)
-        result = publish(cfg, registry, log.warning) if cfg.metrics.enabled else {}
+        result = publish(cfg, registry, log.warning, "probe") if cfg.metrics.enabled else {}
         return {"probed_at": dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat(), "error": error, **result}
     _gauge(registry, "medallion_source_probe_success", "1 if the last probe measured the sources", {}, 1, cache)
     source_metrics(registry, entries, now, cache, _freshness_slas(cfg))
-    result = publish(cfg, registry, log.warning) if cfg.metrics.enabled else {}
+    result = publish(cfg, registry, log.warning, "probe") if cfg.metrics.enabled else {}
     lags = {e["dataset"]: round(now - _ts(e["newest_event"]), 3) if e.get("newest_event") else None
             for e in entries}
     return {"probed_at": dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat(), "freshness_lag_seconds": lags,

@@ -14,9 +14,8 @@ Where the as-of comes from:
 - the online store, when a store is given and it is Feast's SQLite store: the newest event time of the
   view's table, i.e. exactly what online reads see (`from: online`). Other stores (Redis) keep no index
   over event times, so they fall back to gold.
-- gold otherwise (`from: gold`): the newest as-of day from the table's partition metadata (no data files
-  read), then the newest as-of within that one day. Not the snapshot property `as_of_last`: a commit
-  records the interval it recomputed (a backfill's is older than what gold holds), and `medallion
+- gold otherwise (`from: gold`): the newest as-of from the data files' column bounds (no data read).
+  Not the snapshot property `as_of_last`: a commit records the interval it recomputed (a backfill's is older than what gold holds), and `medallion
   maintain` expires the snapshots that carried it. Publishing writes gold's newest row per entity after
   the quality gate, so gold's newest as-of is the one published; after a crash between the two, the
   resuming run publishes it.
@@ -30,10 +29,9 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import pyarrow.compute as pc
 
 from features.declarations import FeatureSet
-from pipelines.io.lake import Lake, day_range
+from pipelines.io.lake import Lake
 
 
 def report(lake: Lake, sets: List[FeatureSet], now: Optional[dt.datetime] = None,
@@ -60,23 +58,8 @@ def report(lake: Lake, sets: List[FeatureSet], now: Optional[dt.datetime] = None
 
 
 def gold_as_of_last(lake: Lake, fs: FeatureSet) -> Optional[dt.datetime]:
-    """The newest as-of instant in gold.<set>, None when the table is absent or empty."""
-    identifier, column = f"gold.{fs.name}", fs.as_of_column
-    if not lake.exists(identifier):
-        return None
-    table = lake.table(identifier)
-    source = table.schema().find_field(column).field_id
-    by_day = [f.name for f in table.spec().fields if f.source_id == source and str(f.transform) == "day"]
-    row_filter = None
-    if by_day:
-        days = table.inspect.partitions().column("partition").combine_chunks().field(by_day[0])
-        last_day = pc.max(days).as_py() if len(days) else None
-        if last_day is None:
-            return None
-        row_filter = day_range(column, last_day, last_day + dt.timedelta(days=1))
-    values = lake.read_arrow(identifier, row_filter, [column]) if row_filter is not None else \
-        lake.read_arrow(identifier, columns=[column])  # not partitioned by the as-of day: the whole column
-    newest = pc.max(values.column(column)).as_py() if values.num_rows else None
+    """The newest as-of instant in gold.<set> (column bounds: no data read), None when absent or empty."""
+    newest = lake.upper_bound(f"gold.{fs.name}", fs.as_of_column)
     return _utc(newest) if newest is not None else None
 
 

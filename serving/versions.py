@@ -36,7 +36,7 @@ from pyiceberg.table.snapshots import Snapshot, ancestors_of
 from pipelines.commit_record import CommitRecord
 from pipelines.config import PipelineConfig
 from pipelines.errors import PipelineError
-from pipelines.io.lake import Lake, day_range, midnight
+from pipelines.io.lake import Lake, NoCatalogError, day_range, midnight
 
 LAYERS = ("bronze", "silver", "quarantine", "gold", "quality")
 UTC = dt.timezone.utc
@@ -50,10 +50,13 @@ class VersionsError(PipelineError):
 # --- the catalog ---------------------------------------------------------------------------------------
 def open_lake(cfg: PipelineConfig) -> Lake:
     """The catalog, refusing (instead of creating) a local SQLite catalog that does not exist yet."""
-    path = _sqlite_path(cfg.catalog.uri)
-    if path is not None and not path.is_file():
-        raise VersionsError(f"no catalog at {path}: nothing has run with data_dir={cfg.data_dir} yet")
-    return Lake(cfg.catalog)
+    from pipelines.io.lake import open_lake as open_existing
+
+    try:
+        return open_existing(cfg.catalog)
+    except NoCatalogError:
+        raise VersionsError(f"no catalog at {_sqlite_path(cfg.catalog.uri)}: nothing has run with "
+                            f"data_dir={cfg.data_dir} yet") from None
 
 
 def _sqlite_path(uri: str) -> Optional[Path]:

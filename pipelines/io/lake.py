@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import warnings
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -376,6 +377,39 @@ class Lake:
             return 0
         return int(snapshot.summary.additional_properties.get("total-records", 0))
 
+    def rows_by_day(self, identifier: str, column: str, snapshot_id: Optional[int] = None) -> Dict[dt.date, int]:
+        """Rows per day of a table partitioned by day(`column`), at a snapshot (default: the current one),
+        from partition metadata: no data file is read. The writes are copy-on-write (no delete files), so a
+        partition's record count is its live rows. Empty for a missing or empty table."""
+        table = self._load_or_none(identifier)
+        if table is None or (snapshot_id is None and table.current_snapshot() is None):
+            return {}
+        source = table.schema().find_field(column).field_id
+        fields = [f.name for f in table.spec().fields if f.source_id == source and isinstance(f.transform, DayTransform)]
+        if not fields:  # counting nothing would read as "no rows": say what is wrong instead
+            raise PipelineError(f"table {identifier} is not partitioned by day({column}): its rows per day cannot "
+                                "be counted (was the event time changed after it was created?)")
+        field = fields[0]
+        partitions = table.inspect.partitions(snapshot_id=snapshot_id)
+        counts: Dict[dt.date, int] = {}
+        for partition, rows in zip(partitions.column("partition").to_pylist(),
+                                   partitions.column("record_count").to_pylist()):
+            day = partition.get(field)
+            if day is not None:
+                day = dt.date(1970, 1, 1) + dt.timedelta(days=day) if isinstance(day, int) else day
+                counts[day] = counts.get(day, 0) + rows
+        return counts
+
+    def upper_bound(self, identifier: str, column: str) -> Any:
+        """The largest value of `column` in the current snapshot, from the data files' column bounds (no
+        data read); None for a missing or empty table."""
+        table = self._load_or_none(identifier)
+        if table is None or table.current_snapshot() is None:
+            return None
+        metrics = table.inspect.files().column("readable_metrics").to_pylist()
+        bounds = [m[column]["upper_bound"] for m in metrics if m and m[column]["upper_bound"] is not None]
+        return max(bounds) if bounds else None
+
     def snapshot_properties(self, identifier: str) -> List[Dict[str, str]]:
         """Summaries of the snapshots in the current snapshot's history, oldest first. Snapshots that a
         rollback (a failed quality gate) took out of the history do not count."""
@@ -413,6 +447,19 @@ class Lake:
 
 def midnight(day: "dt.date") -> "dt.datetime":
     return dt.datetime.combine(day, dt.time(), dt.timezone.utc)
+
+
+class NoCatalogError(PipelineError):
+    """A read-only command asked a local catalog that nothing has created yet."""
+
+
+def open_lake(catalog: CatalogConfig) -> "Lake":
+    """The catalog for a command that only reads (versions, sources, training sets, the probe): a local
+    SQLite catalog that does not exist yet is refused in one line, not created empty."""
+    uri = catalog.uri or ""
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise NoCatalogError(f"no catalog at {uri[len('sqlite:///'):]}: nothing has run here yet")
+    return Lake(catalog)
 
 
 def day_range(column: str, start: "dt.date", end: "dt.date") -> BooleanExpression:

@@ -133,22 +133,6 @@ def _history(ctx: RunContext, name: str, runs: int) -> List[tuple]:
     return list(rows[["run_id", "value"]].tail(runs).itertuples(index=False, name=None))
 
 
-def _rows_by_day(ctx: RunContext, identifier: str, event_time: str, snapshot_id: Optional[int]) -> Dict[dt.date, int]:
-    """Rows per event day of a day-partitioned table at a snapshot, from partition metadata (no data read;
-    the writes are copy-on-write, so a partition's record count is its live rows)."""
-    if snapshot_id is None:
-        return {}
-    field = f"{event_time}_day"  # the day partition (silver.silver_spec)
-    partitions = ctx.lake.table(identifier).inspect.partitions(snapshot_id=snapshot_id)
-    counts: Dict[dt.date, int] = {}
-    for partition, rows in zip(partitions.column("partition").to_pylist(), partitions.column("record_count").to_pylist()):
-        day = partition.get(field)
-        if day is not None:
-            day = dt.date(1970, 1, 1) + dt.timedelta(days=day) if isinstance(day, int) else day
-            counts[day] = counts.get(day, 0) + rows
-    return counts
-
-
 def _suspect_days(ctx: RunContext, dataset: str) -> set:
     """Days a run let through although they were suspect (see DAY_ROWS)."""
     if not ctx.lake.exists(DAY_ROWS.identifier):
@@ -163,8 +147,9 @@ def _day_volume(ctx: RunContext, item: Refined, event_time: str, before: Dict[st
     changed with their rows now, for DAY_ROWS."""
     q = ctx.cfg.quality.row_count
     silver = f"silver.{item.dataset}"
-    now = _rows_by_day(ctx, silver, event_time, ctx.lake.current_snapshot_id(silver))
-    then = _rows_by_day(ctx, silver, event_time, before.get(silver))  # before the run (and any run it resumes)
+    now = ctx.lake.rows_by_day(silver, event_time)
+    before_run = before.get(silver)  # before the run (and any run it resumes); None: created by it
+    then = ctx.lake.rows_by_day(silver, event_time, before_run) if before_run is not None else {}
     changed = sorted(d for d in set(now) | set(then) if now.get(d, 0) != then.get(d, 0))
     eligible = set(now) - set(changed) - _suspect_days(ctx, item.dataset)
     check, outside = checks.day_row_count(item.dataset, now, changed, eligible, q.baseline, q.window_days,
@@ -175,15 +160,6 @@ def _day_volume(ctx: RunContext, item: Refined, event_time: str, before: Dict[st
         report.row_counts[f"{silver} (rows per event day)"] = [(d.isoformat(), now[d]) for d in shown]
     report.suspect_days[item.dataset] = set(outside)
     return {d: now.get(d, 0) for d in changed}
-
-
-def _latest_event(ctx: RunContext, identifier: str, column: str) -> Optional[dt.datetime]:
-    """From the data files' column statistics: no data is read."""
-    if not ctx.lake.exists(identifier) or ctx.lake.table(identifier).current_snapshot() is None:
-        return None
-    metrics = ctx.lake.table(identifier).inspect.files().column("readable_metrics").to_pylist()
-    bounds = [m[column]["upper_bound"] for m in metrics if m and m[column]["upper_bound"] is not None]
-    return max(bounds) if bounds else None
 
 
 def _drift(ctx: RunContext, fs: FeatureSet, previous_snapshot: Optional[int], as_of: dt.date):
@@ -269,7 +245,7 @@ def measure(ctx: RunContext, refined: List[Refined], built: Dict[str, object], s
                                                     bounds.max_outside_fraction, bounds.severity, q.min_rows))
         sla = declared.quality.freshness
         if sla is not None and declared.event_time:
-            latest = _latest_event(ctx, f"silver.{item.dataset}", declared.event_time)
+            latest = ctx.lake.upper_bound(f"silver.{item.dataset}", declared.event_time)
             report.checks.append(checks.freshness(item.dataset, latest, ctx.cfg.cutoff_ts, sla.max_age_hours,
                                                   sla.severity))
     for fs in sets:

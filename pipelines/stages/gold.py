@@ -74,14 +74,9 @@ def _declaration_changed(ctx: RunContext, spec: TableSpec) -> bool:
 
 def silver_day_range(ctx: RunContext, events: DatasetConfig) -> Optional[Tuple[dt.date, dt.date]]:
     """First and last event day in an events dataset's silver, from partition metadata (no data read)."""
-    identifier = f"silver.{events.name}"
-    if not ctx.lake.exists(identifier) or ctx.lake.row_count(identifier) == 0:
-        return None
-    field = f"{events.event_time}_day"  # the day partition (silver.silver_spec)
-    partitions = ctx.lake.table(identifier).inspect.partitions().column("partition").to_pylist()
-    days = [dt.date(1970, 1, 1) + dt.timedelta(days=p[field]) if isinstance(p[field], int) else p[field]
-            for p in partitions]
-    return min(days), max(days)
+    days = ctx.lake.rows_by_day(f"silver.{events.name}", events.event_time)
+    days = [d for d, rows in days.items() if rows]
+    return (min(days), max(days)) if days else None
 
 
 def _changed_days(ctx: RunContext, silver_id: str, runs: List[str], event_time: str) -> Optional[Tuple[dt.date, dt.date]]:
