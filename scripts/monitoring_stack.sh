@@ -5,7 +5,7 @@
 # where a test listens). The Debian packages are installed with apt-get when missing. Intervals are short
 # for tests (scrape/evaluation 1 s, group_wait 1 s); ports avoid the defaults (9090/9091/9093).
 #
-# usage: scripts/monitoring_stack.sh up|down|status|env       (scripts/prod_stack.sh up/down call it)
+# usage: scripts/monitoring_stack.sh up|down|status|env|install   (scripts/prod_stack.sh up/down call it)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -137,5 +137,6 @@ case "${1:-}" in
   down) down ;;
   status) status ;;
   env) cat "$MON_DIR/env" ;;
-  *) die "usage: $0 up|down|status|env" ;;
+  install) mkdir -p "$MON_DIR" && install_packages ;;
+  *) die "usage: $0 up|down|status|env|install" ;;
 esac

@@ -7,6 +7,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipelines import metrics
 from pipelines.errors import PipelineError
@@ -107,6 +108,23 @@ def test_a_failed_gate_keeps_the_last_success_and_the_sources(tmp_path):
     assert 'medallion_source_freshness_lag_seconds{dataset="events"} 400.0' in lines  # kept
 
 
+def test_a_backfill_keeps_the_runs_series_of_the_same_metric(tmp_path):
+    cfg = _cfg(tmp_path)
+    for pipeline, at in (("run", 1000.0), ("backfill", 2000.0)):
+        registry = CollectorRegistry()
+        metrics.run_metrics(registry, {**SUMMARY, "kind": pipeline}, at)
+        metrics.publish(cfg, registry, lambda *a, **k: None, pipeline)
+    text = (tmp_path / "metrics" / "medallion.prom").read_text()
+    lines = _samples(text).splitlines()
+    assert 'medallion_last_success_timestamp_seconds{pipeline="run"} 1000.0' in lines
+    assert 'medallion_last_success_timestamp_seconds{pipeline="backfill"} 2000.0' in lines
+    # still valid exposition text: each family once, its samples together
+    families = list(text_string_to_metric_families(text))
+    assert len({f.name for f in families}) == len(families)
+    success = next(f for f in families if f.name == "medallion_last_success_timestamp_seconds")
+    assert sorted(s.labels["pipeline"] for s in success.samples) == ["backfill", "run"]
+
+
 def test_failure_statuses():
     assert metrics.failure_summary("run", "r", PipelineError("x"), 1)["status"] == "failed"
     assert metrics.failure_summary("run", "r", PipelineError("x"), 1)["exit_code"] == 2
@@ -142,11 +160,14 @@ DEPLOY = __import__("pathlib").Path(__file__).resolve().parents[1] / "deploy"
 def _tool(name: str):
     import shutil
 
-    import pytest
+    import subprocess
 
+    if shutil.which(name) is None:  # installed as the prod tests' stack is started: never skipped
+        installed = subprocess.run([str(DEPLOY.parent / "scripts" / "monitoring_stack.sh"), "install"],
+                                   capture_output=True, text=True)
+        assert installed.returncode == 0, installed.stderr[-2000:]
     path = shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} not installed (scripts/monitoring_stack.sh installs it)")
+    assert path is not None, f"{name} not on PATH after scripts/monitoring_stack.sh install"
     return path
 
 
