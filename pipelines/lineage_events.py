@@ -188,7 +188,12 @@ class Emitter:
     seconds: float = 0.0  # spent building and sending this run's events (its cost, in the summary)
 
     def __post_init__(self) -> None:
-        self.client = _client(self.cfg.lineage)
+        try:  # a transport that cannot be set up (a folder not writable, say) must not fail the run either
+            self.client = _client(self.cfg.lineage)
+        except Exception as exc:  # noqa: BLE001
+            self.client, self.failed = None, self.failed + 1
+            logs.get().warning("lineage transport not set up", error=str(exc).splitlines()[0] if str(exc) else
+                               type(exc).__name__)
         self.project = Path(str(self.cfg.project)).name
         self.namespace = self.cfg.lineage.namespace
         self.job_name = f"{self.project}.{self.kind}"
@@ -488,15 +493,11 @@ def pipeline_run(cfg, run_id: str, kind: str, sets) -> Iterator[Emitter]:
     except Exception:
         pass
     token = _current.set(emitter)
-    with _timed(emitter):
-        emitter.emit(emitter.event(RunState.START, emitter.run_uuid, emitter.job_name, "JOB",
-                                   emitter.pipeline_facets()))
+    _pipeline_event(emitter, RunState.START)
     try:
         yield emitter
     except BaseException as exc:
-        _note_mlflow(emitter)
-        emitter.emit(emitter.event(RunState.FAIL, emitter.run_uuid, emitter.job_name, "JOB",
-                                   emitter.pipeline_facets(exc)))
+        _pipeline_event(emitter, RunState.FAIL, exc)
         raise
     finally:
         _current.reset(token)
@@ -505,12 +506,24 @@ def pipeline_run(cfg, run_id: str, kind: str, sets) -> Iterator[Emitter]:
 def finished(emitter: Emitter, summary: Dict[str, Any]) -> Dict[str, Any]:
     """COMPLETE the pipeline run (with its MLflow run) and add what was sent to the summary."""
     emitter.mlflow_run_id = (summary.get("mlflow") or {}).get("run_id") or emitter.mlflow_run_id
-    with _timed(emitter):
-        emitter.emit(emitter.event(RunState.COMPLETE, emitter.run_uuid, emitter.job_name, "JOB",
-                                   emitter.pipeline_facets()))
+    _pipeline_event(emitter, RunState.COMPLETE)
     summary["lineage"] = emitter.stats()
     logs.get().info("lineage events", **emitter.stats())
     return summary
+
+
+def _pipeline_event(emitter: Emitter, state: RunState, error: Optional[BaseException] = None) -> None:
+    """The pipeline run's START, FAIL or COMPLETE; building it can fail no run (nor hide its error)."""
+    with _timed(emitter):
+        try:
+            if error is not None:
+                _note_mlflow(emitter)
+            emitter.emit(emitter.event(state, emitter.run_uuid, emitter.job_name, "JOB",
+                                       emitter.pipeline_facets(error)))
+        except Exception as exc:  # noqa: BLE001
+            emitter.failed += 1
+            logs.get().warning("lineage event not built", job=emitter.job_name, event_type=state.value,
+                               error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
 @contextmanager
