@@ -30,7 +30,7 @@ def measure(data_dir: Path, repeats: int, feature_set_name: str = "user_spend_da
     from features.registry import feature_set
     from pipelines.config import load_config
     from pipelines.io.lake import Lake
-    from serving.publish import _feast_sqlite_timestamps
+    from serving.online_sqlite import feast_sqlite_timestamps
 
     cfg = load_config([f"data_dir={data_dir}"])
     fs = feature_set(feature_set_name)
@@ -39,7 +39,7 @@ def measure(data_dir: Path, repeats: int, feature_set_name: str = "user_spend_da
     rng = np.random.default_rng(0)
     store = FeatureStore(repo_path=str(data_dir / "feast"))
     refs = [f"{fs.name}:{name}" for name in fs.feature_names()]
-    _feast_sqlite_timestamps()
+    feast_sqlite_timestamps()
 
     def lookup(batch) -> float:
         start = time.perf_counter()

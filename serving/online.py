@@ -94,9 +94,9 @@ def get_online_features(
     rows = _cast_rows(entity_rows, views)
     limits = {v.name: _limit(v, max_age) for v in views}
     at = _instant(now)
-    from serving.publish import _feast_sqlite_timestamps  # Feast's sqlite3 converters, which pandas replaces
+    from serving.online_sqlite import feast_sqlite_timestamps  # Feast's sqlite3 converters, which pandas replaces
 
-    _feast_sqlite_timestamps()
+    feast_sqlite_timestamps()
     response = store.get_online_features(features=[f"{v.name}:{f}" for v in views for f in v.features],
                                          entity_rows=rows, full_feature_names=full_feature_names)
     proto, values = response.proto, response.to_dict()

@@ -21,6 +21,7 @@ same frame (nulls, zeros, negatives, large and non-ASCII values), and values rea
 
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
 import struct
 from pathlib import Path
@@ -169,3 +170,13 @@ def write_rows(store: FeatureStore, fs: FeatureSet, rows: pd.DataFrame) -> int:
         con.close()
     return len(rows)
 
+
+def feast_sqlite_timestamps() -> None:
+    """Feast's SQLite online store writes timestamps through sqlite3's process-wide datetime adapter and
+    reads them back with its "timestamp" converter, as epoch seconds. pandas replaces both (ISO text)
+    whenever it touches an sqlite3 connection in the same process; Feast would then write rows that other
+    processes cannot read, and fail to read its own. Put Feast's back before each write and read."""
+    from feast.infra.online_stores.sqlite import adapt_datetime_epoch, convert_timestamp
+
+    sqlite3.register_adapter(dt.datetime, adapt_datetime_epoch)
+    sqlite3.register_converter("timestamp", convert_timestamp)

@@ -20,6 +20,7 @@ from features.declarations import FeatureSet
 from pipelines.io.lake import Lake
 from pipelines.config import PipelineConfig
 from serving import applied, online_sqlite
+from serving.online_sqlite import feast_sqlite_timestamps
 from serving.applied import repo_path
 from serving.feast_repo import feast_objects, render_feature_store_yaml
 
@@ -68,7 +69,7 @@ def latest_rows(lake: Lake, fs: FeatureSet, since: dt.date) -> pd.DataFrame:
 def online_values(store: FeatureStore, fs: FeatureSet, keys: List[object]) -> pd.DataFrame:
     refs = [f"{fs.name}:{name}" for name in fs.feature_names()]
     rows = [{fs.entity.join_key: key} for key in keys]
-    _feast_sqlite_timestamps()
+    feast_sqlite_timestamps()
     return store.get_online_features(features=refs, entity_rows=rows).to_df()
 
 
@@ -78,19 +79,6 @@ def _same(a: pd.Series, b: pd.Series) -> np.ndarray:
     return both_null | equal
 
 
-def _feast_sqlite_timestamps() -> None:
-    """Feast's SQLite online store writes timestamps through sqlite3's process-wide datetime adapter and
-    reads them back with its "timestamp" converter, as epoch seconds. pandas replaces both (ISO text)
-    whenever it touches an sqlite3 connection in the same process; Feast would then write rows that other
-    processes cannot read, and fail to read its own. Put Feast's back before each write and read."""
-    import sqlite3
-
-    from feast.infra.online_stores.sqlite import adapt_datetime_epoch, convert_timestamp
-
-    sqlite3.register_adapter(dt.datetime, adapt_datetime_epoch)
-    sqlite3.register_converter("timestamp", convert_timestamp)
-
-
 def publish(store: FeatureStore, lake: Lake, fs: FeatureSet, since: dt.date) -> PublishResult:
     latest = latest_rows(lake, fs, since)
     if latest.empty:
@@ -98,7 +86,7 @@ def publish(store: FeatureStore, lake: Lake, fs: FeatureSet, since: dt.date) -> 
     if online_sqlite.supports(store):
         online_sqlite.write_rows(store, fs, latest)
     else:
-        _feast_sqlite_timestamps()
+        feast_sqlite_timestamps()
         store.write_to_online_store(fs.name, latest)
     sample = latest.sample(n=min(CONSISTENCY_SAMPLE, len(latest)), random_state=0)
     online = online_values(store, fs, sample[fs.entity.join_key].tolist())

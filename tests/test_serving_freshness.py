@@ -67,14 +67,14 @@ def _assert_read(frame: pd.DataFrame, fs, gold: pd.DataFrame, keys: List[int], s
 def test_feast_itself_serves_lapsed_rows_as_present(served):
     """What this module exists for: Feast's own online read ignores the view's ttl."""
     cfg, sets, _, store, newest = served
-    from serving.publish import _feast_sqlite_timestamps
+    from serving.online_sqlite import feast_sqlite_timestamps
 
     fs = sets[0]
     gold = newest[fs.name]
     view = store.get_feature_view(fs.name)
-    if pd.Timestamp.now(tz="UTC") - _last(gold, fs) <= pd.Timedelta(view.ttl):
-        pytest.skip("the sample's rows are not yet older than the ttl by the wall clock")
-    _feast_sqlite_timestamps()
+    # the sample's rows are from early 2026, far older than the ttl by the wall clock: lapsed rows
+    assert pd.Timestamp.now(tz="UTC") - _last(gold, fs) > pd.Timedelta(view.ttl)
+    feast_sqlite_timestamps()
     response = store.get_online_features(features=[f"{fs.name}:{n}" for n in fs.feature_names()],
                                          entity_rows=[{fs.entity.join_key: k} for k in gold.index[:5]])
     statuses = {s for result in response.proto.results[1:] for s in result.statuses}
