@@ -98,6 +98,17 @@ def rebuild(cfg: PipelineConfig, mlflow_run_id: str) -> TrainingSet:
 
     record, labels = training_record.read(cfg, mlflow_run_id)
     lake = _lake(cfg)
+    for spec in record.specs:  # a table dropped or a snapshot expired since: one line, not a traceback
+        identifier = f"gold.{spec.name}"
+        if not lake.exists(identifier):
+            raise TrainingSetError(f"the training set of MLflow run {mlflow_run_id} read {identifier}, which no "
+                                   "longer exists")
+        table = lake.table(identifier)
+        wanted = {record.snapshots[spec.name], *(sid for _, sid in (record.timelines or {}).get(spec.name, ()))}
+        gone = sorted(sid for sid in wanted if sid is not None and table.snapshot_by_id(sid) is None)
+        if gone:
+            raise TrainingSetError(f"the training set of MLflow run {mlflow_run_id} read {identifier} at "
+                                   f"snapshot(s) {gone}, expired since (medallion maintain)")
     table, used = assemble(lake, record.specs, labels, record.timestamp_column, record.mode,
                            record.snapshots, record.timelines)
     digest = label_checks.canonical_digest(table)
