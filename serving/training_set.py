@@ -8,8 +8,8 @@ Why not Feast's `get_historical_features` on gold: it reads the table as it is n
 has recomputed some as-of rows, the training set of an earlier model can no longer be rebuilt, and
 nothing says which values were being served when a label happened. Here each label gets exactly the
 row Feast would pick (rule: `serving/pit_join.py`), from a chosen Iceberg snapshot read by time travel,
-with the labels' entities (an `In` on the join key) and their as-of range pushed into the scan, so only
-those rows are read.
+with the labels' as-of range (and, for few entities, the entities) pushed into the scan, and the feature
+values of only the rows the labels join decoded (`gold_features`).
 
 Modes:
 - `point_in_time` (default): every label against one snapshot per feature set (`version`): `latest`,
@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -227,13 +228,13 @@ def assemble(lake, specs: Sequence[SetSpec], labels: pa.Table, ts: str, mode: st
     for spec in specs:
         if mode == "point_in_time":
             snapshot = versions[spec.name]
-            features = pit.features_for(labels, ts, gold_rows(lake, spec, snapshot, labels, ts), spec)
+            features = gold_features(lake, spec, snapshot, labels, ts)
             used[spec.name] = [snapshot]
         else:
             line = timelines[spec.name]
             served = pit.by_snapshot(pit.served_ids(labels.column(ts).combine_chunks(), line))
-            gold = {sid: gold_rows(lake, spec, sid, labels.take(rows), ts) for sid, rows in served.items()}
-            features = pit.features_as_known_at(labels, ts, line, gold, spec)
+            features = pit.by_served_snapshot(labels, ts, line, spec,
+                                              lambda sid, part, spec=spec: gold_features(lake, spec, sid, part, ts))
             used[spec.name] = sorted(served)
         columns += features.columns
         names += features.column_names
@@ -245,26 +246,23 @@ def _iso(micros: int) -> str:
 
 
 # pyiceberg binds an `In` in Python once per data file at planning and again at reading (~40 us a key a
-# file): 100k keys over 90 day files is minutes. Beyond this many keys, only the as-of range goes into the
-# scan (it prunes partitions) and the entities are picked in Arrow (`_entities`).
+# file): 100k keys over 90 day files is minutes. Beyond this many keys only the as-of range goes into the
+# scan (it prunes partitions), and the rows of other entities are dropped by the join.
 IN_PUSHDOWN_MAX_KEYS = 1_000
-_GROUP_ROWS = 1 << 20  # rows per membership test: `pc.is_in` builds its hash set of the keys on each call
 
 
-def gold_rows(lake, spec: SetSpec, snapshot_id: int, labels: pa.Table, ts: str) -> pa.Table:
-    """The rows of gold at `snapshot_id` these labels can join: their entities, as-of days in
-    [earliest label - ttl, latest label] (filters pushed into the Iceberg scan; with more than
-    IN_PUSHDOWN_MAX_KEYS entities, these are picked in Arrow and a few rows of others may stay: `_entities`),
-    in the spec's types."""
+def gold_scan(lake, spec: SetSpec, snapshot_id: int, labels: pa.Table, ts: str):
+    """(the scan of gold at `snapshot_id` the labels can join, the snapshot's column names): their as-of
+    days in [earliest label - ttl, latest label] and, up to IN_PUSHDOWN_MAX_KEYS of them, their entities
+    pushed into the Iceberg scan."""
     from pyiceberg.expressions import And, GreaterThanOrEqual, In, LessThanOrEqual
 
+    from pipelines.io.pinned_scan import PinnedScan
+
     keys = pc.unique(labels.column(spec.join_key).combine_chunks())
-    if not len(keys):
-        return _conform(pa.table({}), spec, 0)
     times = labels.column(ts).combine_chunks().cast(pa.int64()).to_numpy()
-    pushed = len(keys) <= IN_PUSHDOWN_MAX_KEYS
     row_filter = LessThanOrEqual(spec.as_of_column, _iso(times.max()))
-    if pushed:
+    if len(keys) <= IN_PUSHDOWN_MAX_KEYS:
         row_filter = And(In(spec.join_key, keys.to_pylist()), row_filter)
     if spec.ttl_us:
         row_filter = And(row_filter, GreaterThanOrEqual(spec.as_of_column, _iso(times.min() - spec.ttl_us)))
@@ -279,51 +277,50 @@ def gold_rows(lake, spec: SetSpec, snapshot_id: int, labels: pa.Table, ts: str) 
     for needed in (spec.join_key, spec.as_of_column):
         if needed not in present:
             raise TrainingSetError(f"{identifier} at snapshot {snapshot_id} has no column {needed!r}")
-    columns = [spec.join_key, spec.as_of_column] + [f for f in spec.feature_names if f in present]
-    if pushed:
-        rows = lake.read_arrow(identifier, row_filter, columns, snapshot_id=snapshot_id)
-    else:
-        reader = table.scan(row_filter=row_filter, selected_fields=tuple(columns),
-                            snapshot_id=snapshot_id).to_arrow_batch_reader()
-        rows = _entities(reader, spec.join_key, keys)
-    return _conform(rows, spec, rows.num_rows)
+    return PinnedScan(table, snapshot_id, row_filter), present
 
 
-def _entities(reader: pa.RecordBatchReader, join_key: str, keys: pa.Array) -> pa.Table:
-    """The rows of the labels' entities, tested group by group (~1M rows) as they are read. A group is
-    copied without the other entities' rows only when that drops at least a quarter of it: those rows never
-    join (the join matches on the key), so keeping a few costs less than copying the group to drop them."""
-    kept: List[pa.Table] = []
-    pending: List[pa.RecordBatch] = []
+def gold_features(lake, spec: SetSpec, snapshot_id: int, labels: pa.Table, ts: str) -> pa.Table:
+    """The spec's features per label from gold at `snapshot_id`, in the labels' order.
 
-    def flush() -> None:
-        group = pa.Table.from_batches(pending, schema=reader.schema)
-        pending.clear()
-        member = pc.is_in(group.column(join_key).cast(keys.type), value_set=keys)
-        dropped = len(member) - pc.sum(member).as_py() if len(member) else 0
-        kept.append(group.filter(member) if dropped * 4 >= len(member) else group)
+    Gold is read in two passes over the same planned files (`PinnedScan`): first the join key and as-of of
+    every row the labels could join (`gold_scan`), which decide each label's row; then the feature values of only those rows. So
+    at no point is every feature of every gold row held: with 1M labels over 9M gold rows, the features
+    of the ~1M rows joined instead of all 9M."""
+    if not labels.num_rows:
+        return spec.feature_schema().empty_table()
+    scan, present = gold_scan(lake, spec, snapshot_id, labels, ts)
+    identifier = f"gold.{spec.name}"
+    gold = _conform(scan.read([spec.join_key, spec.as_of_column]), spec, [spec.join_key, spec.as_of_column])
+    found = pit.match(labels.column(spec.join_key).combine_chunks(), labels.column(ts).combine_chunks(),
+                      gold.column(spec.join_key).combine_chunks(), gold.column(spec.as_of_column).combine_chunks(),
+                      spec.ttl_us)
+    readable = [f for f in spec.feature_names if f in present]  # a feature the snapshot predates: null
+    if not readable:
+        return pit.nulls(labels.num_rows, spec)
 
-    size = 0
-    for batch in reader:
-        pending.append(batch)
-        size += batch.num_rows
-        if size >= _GROUP_ROWS:
-            flush()
-            size = 0
-    if pending or not kept:
-        flush()
-    return pa.concat_tables(kept)
+    def rows_at(positions: np.ndarray) -> pa.Table:
+        rows = scan.take([spec.join_key, *readable], positions)
+        # the second read must be the first one's rows: cheap to check on the key, fatal to get wrong
+        if not _conform(rows, spec, [spec.join_key]).column(0).equals(gold.column(spec.join_key).take(positions)):
+            raise TrainingSetError(f"{identifier} at snapshot {snapshot_id}: gold's rows came in another order on "
+                                   "the second read")
+        return _conform(rows, spec, spec.feature_names)
+
+    return pit.take_features(found, rows_at, spec)
 
 
-def _conform(rows: pa.Table, spec: SetSpec, n: int) -> pa.Table:
-    """Gold rows in the types the spec declares; a feature the snapshot predates is null."""
+def _conform(rows: pa.Table, spec: SetSpec, names: Sequence[str]) -> pa.Table:
+    """These columns of gold rows in the types the spec declares; a column the rows lack is null."""
     key_type = pa.int64() if spec.key_dtype == "int64" else pa.string()
-    fields = [pa.field(spec.join_key, key_type), pa.field(spec.as_of_column, label_checks.UTC_US)]
-    fields += list(spec.feature_schema())
+    declared = {spec.join_key: pa.field(spec.join_key, key_type),
+                spec.as_of_column: pa.field(spec.as_of_column, label_checks.UTC_US),
+                **{f.name: f for f in spec.feature_schema()}}
+    fields = [declared[name] for name in names]
     arrays = []
     for field in fields:
         if field.name not in rows.column_names:
-            arrays.append(pa.nulls(n, field.type))
+            arrays.append(pa.nulls(rows.num_rows, field.type))
             continue
         try:
             arrays.append(rows.column(field.name).cast(field.type))

@@ -8,9 +8,11 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -71,8 +73,12 @@ label_times = st.one_of(
     st.tuples(midnights, st.integers(0, 86_400_000_000 - 1)).map(lambda p: p[0] + p[1] * US),
     st.just(BASE - dt.timedelta(days=40)),  # long before the first feature day
 )
+gold_instants = st.one_of(  # gold's grain is a midnight; the join takes any instant
+    st.integers(0, DAYS - 1).map(lambda d: BASE + dt.timedelta(days=d)),
+    st.tuples(st.integers(0, DAYS - 1), st.integers(0, 86_400_000_000 - 1)).map(
+        lambda p: BASE + dt.timedelta(days=p[0]) + p[1] * US))
 gold_rows = st.lists(
-    st.tuples(st.integers(1, 4), st.integers(0, DAYS - 1).map(lambda d: BASE + dt.timedelta(days=d)),
+    st.tuples(st.integers(1, 4), gold_instants,
               st.none() | st.integers(-5, 5), st.none() | st.floats(-1e6, 1e6, allow_nan=False),
               st.none() | st.text(max_size=3)),
     unique_by=lambda r: (r[0], r[1]), max_size=25)
@@ -85,12 +91,36 @@ def label_lists(draw):
     return draw(st.permutations(base + duplicates))
 
 
+@contextmanager
+def dense_limit(cells_per_row: int):
+    """`match` through its dense table (a high limit) or its sorted cells (0)."""
+    kept = pit.DENSE_CELLS_PER_ROW
+    pit.DENSE_CELLS_PER_ROW = cells_per_row
+    try:
+        yield
+    finally:
+        pit.DENSE_CELLS_PER_ROW = kept
+
+
+@pytest.mark.parametrize("cells_per_row", [10**9, 0], ids=["dense", "sorted"])
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(gold=gold_rows, labels=label_lists(), ttl_days=st.sampled_from([0, 1, 2, 7]))
-def test_point_in_time_join_equals_the_oracle(gold, labels, ttl_days):
-    out = pit.features_for(_labels_table(labels), "ts", _gold_table(gold), _spec(ttl_days))
+def test_point_in_time_join_equals_the_oracle(cells_per_row, gold, labels, ttl_days):
+    with dense_limit(cells_per_row):
+        out = pit.features_for(_labels_table(labels), "ts", _gold_table(gold), _spec(ttl_days))
     assert out.schema == _spec(ttl_days).feature_schema()
     assert [tuple(r.values()) for r in out.to_pylist()] == oracle(labels, gold, ttl_days)
+
+
+@pytest.mark.parametrize("cells_per_row", [10**9, 0], ids=["dense", "sorted"])
+def test_a_cell_held_twice_gives_the_row_read_last(cells_per_row):
+    """Gold holds one row per entity and as-of; should it hold two, the later one read is joined, by
+    both ways of matching (so a rebuild is the same whichever way it went)."""
+    day = BASE + dt.timedelta(days=1)
+    gold = _gold_table([(1, day, 1, 1.0, "first"), (2, day, 2, 2.0, "other"), (1, day, 3, 3.0, "second")])
+    with dense_limit(cells_per_row):
+        out = pit.features_for(_labels_table([(1, day), (2, day + US)]), "ts", gold, _spec(1))
+    assert out.column("s").to_pylist() == ["second", "other"]
 
 
 def test_point_in_time_boundaries_by_hand():
@@ -105,6 +135,15 @@ def test_point_in_time_boundaries_by_hand():
     assert edge.column("s").to_pylist() == ["d1"]
     unlimited = pit.features_for(_labels_table([(1, day(30))]), "ts", _gold_table(gold), _spec(0))
     assert unlimited.column("s").to_pylist() == ["d1"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.integers(0, 2**62), max_size=40) | st.lists(st.integers(0, 5), max_size=40))
+def test_sorted_order_is_a_stable_argsort(values):
+    """Both ways `sorted_order` sorts (packed with the position when that fits in 63 bits, else numpy's
+    stable argsort: the large values) give numpy's stable argsort."""
+    array = np.array(values, dtype=np.int64)
+    assert pit.sorted_order(array).tolist() == np.argsort(array, kind="stable").tolist()
 
 
 # --- as known at ---------------------------------------------------------------------------------
@@ -448,7 +487,7 @@ def test_the_iceberg_path_equals_the_pure_path_and_reads_only_what_labels_need(l
             "user_id": [1, 2], "ts": [dt.datetime.combine(today, dt.time(12), UTC),
                                       dt.datetime.combine(today - dt.timedelta(days=1), dt.time(3), UTC)]}),
             [spec], None)[0]
-        read = training_set.gold_rows(lake, spec, snapshot, subset, ts)
+        read = training_set.gold_scan(lake, spec, snapshot, subset, ts)[0].read(["user_id", "as_of"])
         low = min(subset.column(ts).to_pylist()) - dt.timedelta(days=spec.ttl_days)
         high = max(subset.column(ts).to_pylist())
         wanted = [(r["user_id"], r["as_of"]) for r in whole.to_pylist()
@@ -477,6 +516,7 @@ def test_cli_rebuilds_from_an_mlflow_run(late_lake, capsys):
 
 FEAST_HISTORICAL = """
 import json, sys
+import numpy as np
 import pandas as pd
 from feast import FeatureStore
 store = FeatureStore(repo_path=sys.argv[1])

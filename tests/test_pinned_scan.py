@@ -1,0 +1,122 @@
+"""PinnedScan (pipelines/io/pinned_scan.py): both ways of reading a snapshot's files give pyiceberg's own
+scan, row for row, and `take` gives the rows `read` numbered, across appends, a column added later, a
+column renamed (which only field ids can read right), a filter that leaves residuals and time travel."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from pyiceberg.expressions import AlwaysTrue, And, GreaterThanOrEqual, In, LessThan
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.transforms import DayTransform
+from pyiceberg.types import DoubleType, LongType, NestedField, StringType, TimestamptzType
+
+from pipelines.config import CatalogConfig
+from pipelines.io import pinned_scan
+from pipelines.io.lake import Lake
+from pipelines.io.pinned_scan import PinnedScan
+
+UTC = dt.timezone.utc
+BASE = dt.datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def _day_rows(day: int, users: range, extra: bool = False) -> pa.Table:
+    columns = {"user_id": pa.array(list(users), pa.int64()),
+               "as_of": pa.array([BASE + dt.timedelta(days=day)] * len(users), pa.timestamp("us", tz="UTC")),
+               "spend": pa.array([u * 1.5 + day for u in users], pa.float64())}
+    if extra:
+        columns["segment"] = pa.array([f"s{u % 3}" for u in users], pa.string())
+    return pa.table(columns)
+
+
+@pytest.fixture()
+def table(tmp_path):
+    """Five day files of gold-like rows; a column added after the third; the snapshot before it kept."""
+    lake = Lake(CatalogConfig(name="t", uri=f"sqlite:///{tmp_path}/c.db", warehouse=f"file://{tmp_path}/wh"))
+    lake.catalog.create_namespace("gold")
+    schema = Schema(NestedField(1, "user_id", LongType(), required=False),
+                    NestedField(2, "as_of", TimestamptzType(), required=False),
+                    NestedField(3, "spend", DoubleType(), required=False))
+    created = lake.catalog.create_table("gold.g", schema=schema, partition_spec=PartitionSpec(
+        PartitionField(2, 1000, DayTransform(), "as_of_day")))
+    for day in range(3):
+        created.append(_day_rows(day, range(day, 40 + 7 * day)))
+    before_column = created.current_snapshot().snapshot_id
+    with created.update_schema() as update:
+        update.add_column("segment", StringType())
+    for day in range(3, 5):
+        created = lake.table("gold.g")
+        created.append(_day_rows(day, range(day, 30 + day), extra=True))
+    return lake.table("gold.g"), before_column, lake
+
+
+def _both_ways(monkeypatch, table, snapshot_id, row_filter):
+    direct = PinnedScan(table, snapshot_id, row_filter)
+    monkeypatch.setattr(pinned_scan, "_direct_files", lambda *_: None)
+    through_pyiceberg = PinnedScan(table, snapshot_id, row_filter)
+    monkeypatch.undo()
+    return direct, through_pyiceberg
+
+
+FILTERS = {
+    "none": AlwaysTrue(),
+    # day bounds inside partitions and a key list: residuals on some files, applied row by row
+    "residual": And(And(GreaterThanOrEqual("as_of", (BASE + dt.timedelta(days=1)).isoformat()),
+                        LessThan("as_of", (BASE + dt.timedelta(days=3, hours=5)).isoformat())),
+                    In("user_id", [3, 4, 5, 17, 33, 34])),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FILTERS))
+def test_both_ways_read_what_pyiceberg_scans_and_take_what_read_numbered(table, monkeypatch, name):
+    gold, _, _ = table
+    row_filter = FILTERS[name]
+    snapshot_id = gold.current_snapshot().snapshot_id
+    direct, through_pyiceberg = _both_ways(monkeypatch, gold, snapshot_id, row_filter)
+    assert direct.direct and not through_pyiceberg.direct
+    expected = gold.scan(row_filter=row_filter, snapshot_id=snapshot_id).to_arrow()
+    key = ["user_id", "as_of"]
+    for scan in (direct, through_pyiceberg):
+        first = scan.read(key)
+        assert first.num_rows == expected.num_rows > 0
+        assert sorted(first.to_pylist(), key=str) == sorted(expected.select(key).to_pylist(), key=str)
+        positions = np.arange(0, first.num_rows, 3)
+        taken = scan.take(["user_id", "spend", "segment"], positions)
+        assert taken.column("user_id").equals(first.column("user_id").take(positions))
+        # each taken row is the expected row of its (user, as_of): values follow that row, not another
+        wanted = {(r["user_id"], r["as_of"]): (r["spend"], r["segment"]) for r in expected.to_pylist()}
+        as_of = first.column("as_of").take(positions).to_pylist()
+        assert [(r["spend"], r["segment"]) for r in taken.to_pylist()] == \
+            [wanted[(u, t)] for u, t in zip(taken.column("user_id").to_pylist(), as_of)]
+    if name == "none":  # rows the column predates read as null; both ways agree
+        assert direct.read(["segment"]).column(0).null_count == sum(40 + 6 * d for d in range(3))
+    assert direct.take(["spend"], np.array([], dtype=np.int64)).num_rows == 0
+
+
+def test_a_snapshot_before_a_column_was_added_reads_as_it_was(table, monkeypatch):
+    gold, before_column, _ = table
+    for scan in _both_ways(monkeypatch, gold, before_column, AlwaysTrue()):
+        rows = scan.read(["user_id", "spend"])
+        assert rows.num_rows == sum(40 + 6 * d for d in range(3))
+        assert scan.take(["spend"], np.array([0, rows.num_rows - 1])).column(0).to_pylist() == \
+            [rows.column("spend")[0].as_py(), rows.column("spend")[-1].as_py()]
+
+
+def test_a_renamed_column_is_read_by_field_id(table):
+    """Files written before a rename keep the old name: reading by name would give nulls for them, so
+    the scan goes through pyiceberg, which reads by field id."""
+    gold, _, lake = table
+    with gold.update_schema() as update:
+        update.rename_column("spend", "spend_eur")
+    lake.table("gold.g").append(_day_rows(5, range(5, 10), extra=True).rename_columns(
+        ["user_id", "as_of", "spend_eur", "segment"]))
+    renamed = lake.table("gold.g")
+    scan = PinnedScan(renamed, renamed.current_snapshot().snapshot_id, AlwaysTrue())
+    assert not scan.direct
+    values = scan.read(["spend_eur"]).column(0)
+    assert values.null_count == 0 and len(values) == sum(40 + 6 * d for d in range(3)) + 2 * 30 + 5
+    assert sorted(values.to_pylist()) == sorted(renamed.scan().to_arrow().column("spend_eur").to_pylist())
