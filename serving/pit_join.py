@@ -97,7 +97,7 @@ def entity_codes(keys: pa.Array, entities: pa.Array) -> np.ndarray:
         if span <= 8 * len(values) + (1 << 20):
             table = np.full(span + 1, -1, dtype=np.int32)  # the last entry: every key out of range
             table[values - low] = np.arange(len(values), dtype=np.int32)
-            index = keys.to_numpy().astype(np.int64, copy=True) - low
+            index = np.subtract(keys.to_numpy(), low, dtype=np.int64)
             np.minimum(index.view(np.uint64), span, out=index.view(np.uint64))  # below the range wraps high
             return table[index]
     return pc.index_in(keys, value_set=entities).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
@@ -125,7 +125,9 @@ def match(label_keys: pa.Array, label_ts: pa.Array, gold_keys: pa.Array, gold_as
     gold_us = pa.array(_micros(gold_as_of))
     instants = pa.array(np.sort(pc.unique(gold_us).to_numpy()))
     width = len(instants)
-    cells = gold_code.astype(np.int64) * width + pc.index_in(gold_us, value_set=instants).to_numpy()
+    cells = gold_code.astype(np.int64)  # in place from here: each 9M-row temporary costs its page faults
+    cells *= width
+    cells += pc.index_in(gold_us, value_set=instants).to_numpy()
     label_us = _micros(label_ts)
     code = entity_codes(label_keys, entities).astype(np.int64)
     latest = np.searchsorted(instants.to_numpy(), label_us, side="right") - 1  # -1: before gold's first instant
@@ -191,8 +193,10 @@ def take_features(found: np.ndarray, rows_at: Callable[[np.ndarray], pa.Table], 
     marked[found[joined]] = True
     needed = np.flatnonzero(marked)  # the distinct rows in order (np.unique would sort all 1M of them)
     rows = rows_at(needed).select(spec.feature_names).cast(schema)
-    rank = np.cumsum(marked, dtype=np.int64) - 1  # gold row -> its place among the needed ones
-    at = rank[np.where(joined, found, 0)] if len(rank) else np.zeros(len(found), dtype=np.int64)
+    place = np.empty(len(marked), dtype=np.int64)  # gold row -> its place among the needed ones (only
+    place[needed] = np.arange(len(needed))  # the needed entries are ever read)
+    at = place[np.where(joined, found, needed[0] if len(needed) else 0)] if len(needed) else \
+        np.zeros(len(found), dtype=np.int64)
     return rows.take(pa.array(at, mask=~joined)).combine_chunks()
 
 
