@@ -59,6 +59,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.config import PipelineConfig
+from pipelines.errors import PipelineError
 
 FEATURE_SET = "user_spend_daily"
 AMOUNT = "amount"  # the column of the feature set's source dataset that the label sums
@@ -122,6 +123,8 @@ def make_labels(cfg: PipelineConfig, fs, horizon_days: int = 7, every_days: int 
 
     lake = Lake(cfg.catalog)
     source = f"silver.{fs.source_table}"
+    if not lake.exists(source):
+        raise SystemExit(f"{source} does not exist: run the pipeline first (make run)")
     snapshot = lake.table(source).current_snapshot()
     if snapshot is None:
         raise SystemExit(f"{source} has no snapshot: run the pipeline first (make run)")
@@ -327,7 +330,12 @@ def _score_instant(cfg: PipelineConfig, score_at: Union[None, str, dt.datetime])
         return pd.Timestamp(cfg.cutoff_ts)
     if isinstance(score_at, str) and score_at == "now":
         return pd.Timestamp.now(tz="UTC")
-    at = pd.Timestamp(score_at)
+    try:
+        at = pd.Timestamp(score_at)
+    except (ValueError, TypeError):
+        raise SystemExit(f"--score-at {score_at!r} is not an ISO-8601 instant or 'now'") from None
+    if at is pd.NaT:
+        raise SystemExit(f"--score-at {score_at!r} is not an ISO-8601 instant or 'now'")
     return at.tz_localize("UTC") if at.tzinfo is None else at.tz_convert("UTC")
 
 
@@ -357,6 +365,7 @@ def main(argv: Union[None, Sequence[str], PipelineConfig] = None) -> Dict[str, A
 
     args = _parser().parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
     cfg = load_config(args.overrides, args.project)
+    _score_instant(cfg, args.score_at)  # a bad --score-at is refused before minutes of training, not after
     users = [u.strip() for u in args.users.split(",") if u.strip()] if args.users else None
     max_age = dt.timedelta(hours=args.max_age_hours) if args.max_age_hours is not None else None
     return run(cfg, args.feature_set, args.horizon_days, args.every_days, args.warmup_days, args.threshold,
@@ -365,4 +374,7 @@ def main(argv: Union[None, Sequence[str], PipelineConfig] = None) -> Dict[str, A
 
 if __name__ == "__main__":
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    print(json.dumps(main(), default=str), flush=True)
+    try:
+        print(json.dumps(main(), default=str), flush=True)
+    except PipelineError as exc:  # a bad config or project: one line, as `medallion` prints it
+        sys.exit(f"error: {exc}")

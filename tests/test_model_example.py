@@ -216,3 +216,21 @@ def test_the_command_line_runs_the_same_loop(trained, pipeline_run):
 
 def test_the_tables_were_only_read(trained):
     assert _snapshots(trained["cfg"]) == trained["before"]  # two model runs later, not one new snapshot
+
+
+def test_the_command_line_says_in_one_line_what_is_missing_or_wrong(tmp_path):
+    """Before the pipeline ran, or with a --score-at that is no instant: one line each, no traceback, and
+    the bad --score-at before any training."""
+    import subprocess
+    import sys
+
+    from examples.train_model import main
+
+    with pytest.raises(SystemExit, match=r"^silver\.\w+ does not exist: run the pipeline first \(make run\)$"):
+        main([f"data_dir={tmp_path}", *SMALL])
+    with pytest.raises(SystemExit, match=r"^--score-at 'yesterday-ish' is not an ISO-8601 instant or 'now'$"):
+        main([f"data_dir={tmp_path}", "--score-at", "yesterday-ish"])
+    done = subprocess.run([sys.executable, "-m", "examples.train_model", f"data_dir={tmp_path}", "no_such_key=1"],
+                          capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1, done.stderr
