@@ -101,6 +101,30 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (PipelineError, FeatureDeclarationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)  # 3: a quality gate stopped the run; 4: locked; 2: anything else
+    except Exception as exc:  # noqa: BLE001 - only a service that did not answer is told in one line
+        unreachable = _unreachable(exc)
+        if unreachable is None:
+            raise
+        print(f"error: {unreachable} (`medallion config` shows the catalog, tracking and online-store settings)",
+              file=sys.stderr)
+        return 2
+
+
+def _unreachable(exc: BaseException) -> Optional[str]:
+    """What did not answer, when `exc` says a configured service (the catalog's database, a REST catalog,
+    the MLflow server) could not be reached; None for any other error (its traceback is wanted)."""
+    import requests
+    import sqlalchemy.exc
+    from mlflow.exceptions import MlflowException
+
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, sqlalchemy.exc.OperationalError):
+        return f"the database did not answer: {first}"
+    if isinstance(exc, (requests.exceptions.ConnectionError, ConnectionError)):
+        return f"a service did not answer: {first}"
+    if isinstance(exc, MlflowException) and " failed with exception " in first and "Connection" in first:
+        return f"the MLflow server did not answer: {first.split(' failed with exception ')[0]}"
+    return None
 
 
 def _init(arguments: List[str]) -> int:

@@ -343,3 +343,34 @@ def test_lineage_refuses_bad_requests_in_one_line(history, capsys):
     assert "YYYY-MM-DD" in lineage("--feature-set", fs.name, "--key", f"{key}=1", "--as-of", "2026-02-30")
     assert "has no row" in lineage("--feature-set", fs.name, "--key", f"{key}=1", "--as-of", "1999-01-01")
     assert "lineage needs" in lineage("--feature-set", fs.name, "--key", f"{key}=1")
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:  # bound, never listening: a connection to it is refused
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_catalog_or_mlflow_server_that_does_not_answer_is_one_line(tmp_path, monkeypatch, capsys):
+    """The read commands against a catalog database or an MLflow server that is down: exit 2 and one
+    line naming what did not answer, not a SQLAlchemy or MLflow traceback."""
+    from pipelines.cli import main
+
+    port = _closed_port()
+    monkeypatch.setenv("MEDALLION_WAREHOUSE", f"file://{tmp_path}/wh")
+    monkeypatch.setenv("MEDALLION_CATALOG_URI", f"postgresql+psycopg2://nobody@127.0.0.1:{port}/catalog")
+    for command in ("versions", "sources"):
+        assert main([command, "catalog=postgres", f"data_dir={tmp_path}"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: the database did not answer: ")
+        assert f'"127.0.0.1", port {port} failed: Connection refused' in err[0]
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # MLflow retries for minutes by default
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    (tmp_path / "catalog.db").touch()  # the local catalog is there; MLflow is not
+    assert main(["runs", "tracking=server", f"data_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: the MLflow server did not answer: API request to "
+                                               f"http://127.0.0.1:{port}/")
