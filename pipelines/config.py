@@ -510,6 +510,21 @@ def _project_node(project: Path) -> Any:
     return node
 
 
+def _set_under_null(root: Path, overrides: List[str]) -> Optional[Tuple[str, str]]:
+    """(the override, the null node) of the first override that sets a null node or a key under one, in
+    the configuration composed without overrides; None when no override does."""
+    base = compose(config_name="config", overrides=[f"hydra.searchpath=[file://{root / 'conf'}]"])
+    for override in overrides:
+        if "=" not in override:
+            continue
+        parts = override.split("=", 1)[0].lstrip("+~").split(".")
+        for depth in range(1, len(parts) + 1):
+            path = ".".join(parts[:depth])
+            if OmegaConf.select(base, path, default="<absent>", throw_on_missing=False) is None:
+                return override, path
+    return None
+
+
 def load_config(overrides: List[str] | None = None, project: str | Path | None = None) -> PipelineConfig:
     """Compose conf/config.yaml, the project's own configuration and command-line overrides into a
     validated `PipelineConfig`."""
@@ -523,10 +538,16 @@ def load_config(overrides: List[str] | None = None, project: str | Path | None =
             try:
                 composed = compose(config_name="config",
                                    overrides=[f"hydra.searchpath=[file://{root / 'conf'}]", *overrides])
-            except (AttributeError, AssertionError) as exc:  # OmegaConf cannot set a key under a null group
-                raise ConfigError(f"config error: an override could not be applied ({_one_line(exc)}): a group "
-                                  "that is null (e.g. datasets.<name>.quality.freshness) is set in the "
-                                  "declaration's file, not on the command line") from None
+            except (AttributeError, AssertionError) as exc:
+                # OmegaConf cannot set a group that is null, or a key under one; any other cause is a bug
+                culprit = _set_under_null(root, overrides)
+                if culprit is None:
+                    raise
+                override, path = culprit
+                raise ConfigError(f"config error: an override could not be applied ({override}: {path} is null "
+                                  f"in the configuration, {_one_line(exc)}): a group that is null (e.g. "
+                                  "datasets.<name>.quality.freshness) is set in the declaration's file, not on "
+                                  "the command line") from None
         # Paths in the config interpolate data_dir: make it absolute once (relative: to the working directory).
         composed.data_dir = str(Path(str(composed.data_dir)).expanduser().resolve())
         OmegaConf.resolve(composed)

@@ -36,7 +36,9 @@ def test_feature_group_selects_sets():
         ("nope=1", "Key 'nope' not in 'PipelineConfig'"),
         ("datasets.transactions.sla.validity=1.5", "datasets.transactions.sla.validity=1.5 must be above 0 and at most 1"),
         ("datasets.users.volume.rows_per_day=0", "datasets.users.volume.rows_per_day=0.0 must be above 0"),
-        ("datasets.users.quality.freshness={max_age_hours: 24}", "an override could not be applied"),
+        ("datasets.users.quality.freshness={max_age_hours: 24}",
+         "an override could not be applied (datasets.users.quality.freshness={max_age_hours: 24}: "
+         "datasets.users.quality.freshness is null in the configuration"),
         ("quality.row_count.baseline=weekly", "quality.row_count.baseline='weekly' must be same_weekday or rolling"),
         ("quality.drift.baseline=weekly", "quality.drift.baseline='weekly' must be same_weekday or previous_snapshot"),
         ("ray.num_cpus=two", "Value 'two' of type 'str' could not be converted to Integer"),
