@@ -61,7 +61,7 @@ def _fails(base, day: pd.DataFrame, expected: set, *overrides: str):
     from pipelines.quality.gate import QualityGateError
     from pipelines.run import run
 
-    before, alerts_before = _state(base), _alerts(base)
+    before, alerts_before, failed_before = _state(base), _alerts(base), _failed_runs(base)
     path = base["folder"] / "2026-01-21.csv"
     day.to_csv(path, index=False)
     try:
@@ -76,7 +76,27 @@ def _fails(base, day: pd.DataFrame, expected: set, *overrides: str):
     assert _state(base) == before  # same snapshots everywhere, online values unchanged
     new_alerts = _alerts(base)[len(alerts_before):]
     assert len(new_alerts) == len({a["check"] for a in new_alerts})  # one line per failed check
+    # the stopped run is FAILED in MLflow, with its check results
+    (failed_run,) = [r for r in _failed_runs(base).values() if r.info.run_id not in failed_before]
+    assert failed_run.data.metrics["quality.gate_passed"] == 0.0
+    client = mlflow_client(base)
+    assert {a.path for a in client.list_artifacts(failed_run.info.run_id, "quality")} >= {"quality/checks.json"}
     return message, new_alerts
+
+
+def mlflow_client(base):
+    import mlflow
+
+    return mlflow.tracking.MlflowClient(base["cfg"].tracking.tracking_uri)
+
+
+def _failed_runs(base) -> dict:
+    """The pipeline's FAILED MLflow runs by run id."""
+    client = mlflow_client(base)
+    experiment = client.get_experiment_by_name(base["cfg"].tracking.experiment)
+    if experiment is None:
+        return {}
+    return {r.info.run_id: r for r in client.search_runs([experiment.experiment_id], "attributes.status = 'FAILED'")}
 
 
 def test_ten_percent_null_amounts_fail_completeness(base):
@@ -173,9 +193,3 @@ def test_a_good_day_passes_and_the_report_is_in_mlflow(base):
     assert run_info.data.metrics["quality.gate_passed"] == 1.0
     assert {a.path for a in client.list_artifacts(run_info.info.run_id, "quality")} == {
         "quality/checks.json", f"quality/{Path(summary['quality']['report']).name}"}
-    # the failed runs before it: FAILED in MLflow, each with its check results
-    failed = client.search_runs([run_info.info.experiment_id], "attributes.status = 'FAILED'")
-    assert len(failed) == 4  # the four bad batches above
-    for r in failed:
-        assert r.data.metrics["quality.gate_passed"] == 0.0
-        assert {a.path for a in client.list_artifacts(r.info.run_id, "quality")} >= {"quality/checks.json"}
