@@ -52,10 +52,16 @@ def _iso(value: Optional[dt.datetime]) -> Optional[str]:
 
 
 def _rows_per_day(lake: Lake, identifier: str, event_time: str, last_day: dt.date) -> float:
-    """Mean rows per event day over the VOLUME_DAYS days up to `last_day` (partition metadata)."""
-    first = last_day - (VOLUME_DAYS - 1) * DAY
-    return sum(rows for day, rows in lake.rows_by_day(identifier, event_time).items()
-               if first <= day <= last_day) / VOLUME_DAYS
+    """Mean rows per event day over the VOLUME_DAYS days up to `last_day`, or over the days since the
+    first event day when the source is younger than that (partition metadata)."""
+    by_day = lake.rows_by_day(identifier, event_time)
+    first = max(last_day - (VOLUME_DAYS - 1) * DAY, min(by_day, default=last_day))
+    return sum(rows for day, rows in by_day.items() if first <= day <= last_day) / ((last_day - first).days + 1)
+
+
+def _days(ingests: Sequence[Tuple[dt.datetime, Any]]) -> int:
+    """The days the last week of ingests spans: VOLUME_DAYS, or fewer since a young source's first ingest."""
+    return max(1, min(VOLUME_DAYS, (ingests[-1][0].date() - ingests[0][0].date()).days + 1))
 
 
 def _landed(location: Optional[str], uris: Sequence[str]) -> List[dt.datetime]:
@@ -177,7 +183,7 @@ def source_state(cfg: PipelineConfig, lake: Lake, ds: DatasetConfig, gold_tables
     week = [(at, c) for at, c in ingests if ingests and at > ingests[-1][0] - VOLUME_DAYS * DAY]
     volume: Dict[str, Any] = {"expected_rows_per_day": ds.volume.rows_per_day,
                               "expected_files_per_day": ds.volume.files_per_day,
-                              "files_per_day": round(sum(len(c.units) for _, c in week) / VOLUME_DAYS, 3)
+                              "files_per_day": round(sum(len(c.units) for _, c in week) / _days(ingests), 3)
                               if week else None}
     if newest is not None:
         volume["rows_per_day"] = round(_rows_per_day(lake, f"silver.{name}", ds.event_time, newest.date()), 3)

@@ -66,6 +66,15 @@ def test_measured_state_of_each_source_with_slas_met_and_breached(sample_run):
     assert fresh["volume"]["rows_per_day"] == round(pc.sum(in_week).as_py() / 7, 3)
     assert fresh["volume"]["ratio"] == round(fresh["volume"]["rows_per_day"] / 1650, 3)
 
+    # a source younger than a week is averaged over the days it has: its second day, over two days
+    from pipelines.inventory import _rows_per_day
+    from pipelines.io.lake import Lake
+
+    first_day = pc.min(days).as_py()
+    first_two = pc.sum(pc.less_equal(days, pa.scalar(first_day + dt.timedelta(days=1), pa.date32()))).as_py()
+    assert _rows_per_day(Lake(cfg.catalog), "silver.transactions", "ts", first_day + dt.timedelta(days=1)) \
+        == first_two / 2
+
     by_name = {s["name"]: s for s in fresh["slas"]}
     assert (by_name["freshness"]["met"], by_name["freshness"]["measured"]) == (True, 47.0)
     breached = {s["name"]: s for s in stale["slas"]}["freshness"]
