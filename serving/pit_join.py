@@ -192,11 +192,12 @@ def take_features(found: np.ndarray, rows_at: Callable[[np.ndarray], pa.Table], 
     marked = np.zeros(int(found.max()) + 1 if joined.any() else 0, dtype=bool)
     marked[found[joined]] = True
     needed = np.flatnonzero(marked)  # the distinct rows in order (np.unique would sort all 1M of them)
+    if not len(needed):  # nothing joins: no gold row is read
+        return nulls(len(found), spec)
     rows = rows_at(needed).select(spec.feature_names).cast(schema)
     place = np.empty(len(marked), dtype=np.int64)  # gold row -> its place among the needed ones (only
     place[needed] = np.arange(len(needed))  # the needed entries are ever read)
-    at = place[np.where(joined, found, needed[0] if len(needed) else 0)] if len(needed) else \
-        np.zeros(len(found), dtype=np.int64)
+    at = place[np.where(joined, found, needed[0])]
     return rows.take(pa.array(at, mask=~joined)).combine_chunks()
 
 

@@ -300,9 +300,10 @@ def gold_features(lake, spec: SetSpec, snapshot_id: int, labels: pa.Table, ts: s
         return pit.nulls(labels.num_rows, spec)
 
     def rows_at(positions: np.ndarray) -> pa.Table:
-        rows = scan.take([spec.join_key, *readable], positions)
-        # the second read must be the first one's rows: cheap to check on the key, fatal to get wrong
-        if not _conform(rows, spec, [spec.join_key]).column(0).equals(gold.column(spec.join_key).take(positions)):
+        cell = [spec.join_key, spec.as_of_column]
+        rows = scan.take([*cell, *readable], positions)
+        # the second read must be the first one's rows: cheap to check on (key, as-of), fatal to get wrong
+        if not _conform(rows, spec, cell).equals(gold.take(pa.array(positions))):
             raise TrainingSetError(f"{identifier} at snapshot {snapshot_id}: gold's rows came in another order on "
                                    "the second read")
         return _conform(rows, spec, spec.feature_names)

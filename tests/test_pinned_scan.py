@@ -120,3 +120,92 @@ def test_a_renamed_column_is_read_by_field_id(table):
     values = scan.read(["spend_eur"]).column(0)
     assert values.null_count == 0 and len(values) == sum(40 + 6 * d for d in range(3)) + 2 * 30 + 5
     assert sorted(values.to_pylist()) == sorted(renamed.scan().to_arrow().column("spend_eur").to_pylist())
+
+
+# --- what only field ids (or the metadata) can read right goes through pyiceberg ----------------------
+def _values(scan, column):
+    return sorted(scan.read([column]).column(0).to_pylist(), key=str)
+
+
+def test_a_column_added_with_a_default_reads_the_default_where_files_predate_it(tmp_path):
+    lake = Lake(CatalogConfig(name="t", uri=f"sqlite:///{tmp_path}/c.db", warehouse=f"file://{tmp_path}/wh"))
+    lake.catalog.create_namespace("gold")
+    schema = Schema(NestedField(1, "user_id", LongType(), required=False),
+                    NestedField(2, "as_of", TimestamptzType(), required=False),
+                    NestedField(3, "spend", DoubleType(), required=False))
+    lake.catalog.create_table("gold.g", schema=schema).append(_day_rows(0, range(3)))
+    with lake.table("gold.g").update_schema() as update:
+        update.add_column("segment", StringType(), default_value="none yet")
+    lake.table("gold.g").append(_day_rows(1, range(3), extra=True))
+    table = lake.table("gold.g")
+    scan = PinnedScan(table, table.current_snapshot().snapshot_id, AlwaysTrue())
+    assert not scan.direct
+    assert _values(scan, "segment") == ["none yet"] * 3 + ["s0", "s1", "s2"]
+
+
+def test_a_file_without_field_ids_is_read_through_the_name_mapping(tmp_path):
+    import json
+
+    import pyarrow.parquet as pq
+
+    lake = Lake(CatalogConfig(name="t", uri=f"sqlite:///{tmp_path}/c.db", warehouse=f"file://{tmp_path}/wh"))
+    lake.catalog.create_namespace("gold")
+    schema = Schema(NestedField(1, "user_id", LongType(), required=False),
+                    NestedField(2, "as_of", TimestamptzType(), required=False),
+                    NestedField(3, "spend", DoubleType(), required=False))
+    mapping = [{"field-id": 1, "names": ["user_id", "uid"]}, {"field-id": 2, "names": ["as_of"]},
+               {"field-id": 3, "names": ["spend", "amount"]}]
+    table = lake.catalog.create_table("gold.g", schema=schema,
+                                      properties={"schema.name-mapping.default": json.dumps(mapping)})
+    external = tmp_path / "external.parquet"  # another writer's file: other names, no field ids
+    pq.write_table(_day_rows(0, range(4)).rename_columns(["uid", "as_of", "amount"]), external)
+    # registered as is (pyiceberg's add_files would refuse the names it does not know)
+    from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
+    from pyiceberg.typedef import Record
+
+    data_file = DataFile.from_args(content=DataFileContent.DATA, file_path=f"file://{external}",
+                                   file_format=FileFormat.PARQUET, partition=Record(), record_count=4,
+                                   file_size_in_bytes=external.stat().st_size)
+    data_file.spec_id = 0
+    with table.transaction() as tx:
+        with tx.update_snapshot().fast_append() as append:
+            append.append_data_file(data_file)
+    table = lake.table("gold.g")
+    scan = PinnedScan(table, table.current_snapshot().snapshot_id, AlwaysTrue())
+    assert not scan.direct
+    assert _values(scan, "spend") == [0.0, 1.5, 3.0, 4.5]
+
+
+def test_a_rename_is_seen_in_the_files_even_when_the_old_schema_is_gone(table):
+    """Metadata may drop old schemas (expired snapshots, Java's cleanExpiredMetadata): the files still
+    hold the old name, which is what the check reads."""
+    from pyiceberg.table.update import RemoveSchemasUpdate
+
+    gold, _, lake = table
+    with gold.update_schema() as update:
+        update.rename_column("spend", "spend_eur")
+    lake.table("gold.g").append(_day_rows(5, range(5, 10), extra=True).rename_columns(
+        ["user_id", "as_of", "spend_eur", "segment"]))
+    renamed = lake.table("gold.g")
+    current = renamed.current_snapshot().snapshot_id
+    renamed.maintenance.expire_snapshots().by_ids(
+        [s.snapshot_id for s in renamed.snapshots() if s.snapshot_id != current]).commit()
+    renamed = lake.table("gold.g")
+    unused = [s.schema_id for s in renamed.metadata.schemas if s.schema_id != renamed.metadata.current_schema_id]
+    lake.catalog.commit_table(renamed, (), (RemoveSchemasUpdate(schema_ids=unused),))
+    renamed = lake.table("gold.g")
+    assert [s.schema_id for s in renamed.metadata.schemas] == [renamed.metadata.current_schema_id]
+    scan = PinnedScan(renamed, current, AlwaysTrue())
+    assert not scan.direct
+    values = scan.read(["spend_eur"]).column(0)
+    assert values.null_count == 0 and len(values) == sum(40 + 6 * d for d in range(3)) + 2 * 30 + 5
+
+
+def test_take_refuses_positions_it_cannot_honour(table):
+    gold, _, _ = table
+    scan = PinnedScan(gold, gold.current_snapshot().snapshot_id, AlwaysTrue())
+    rows = scan.read(["user_id"]).num_rows
+    with pytest.raises(ValueError, match="ascending"):
+        scan.take(["spend"], np.array([3, 1]))
+    with pytest.raises(ValueError, match=f"position {rows} past the {rows} rows read"):
+        scan.take(["spend"], np.array([0, rows]))
