@@ -33,6 +33,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
+from pyiceberg.catalog.rest import RestCatalog
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression
 from pyiceberg.expressions.visitors import bind
 from pyiceberg.io.pyarrow import ArrowScan, PyArrowFileIO, expression_to_pyarrow, schema_to_pyarrow
@@ -82,12 +83,15 @@ class PinnedScan:
 
     # --- the two readers -----------------------------------------------------------------------
     def _dataset(self, columns: Sequence[str]) -> Tuple[ds.Dataset, Optional[object]]:
-        """The planned files as one dataset of these columns (and the filter's), and the filter. The filter
-        is applied to every file, also where planning found nothing left to check (a residual of
-        AlwaysTrue): a catalog planning on its side may not send residuals at all."""
+        """The planned files as one dataset of these columns (and the filter's), and the filter, unless
+        planning left nothing to check in any file (every residual AlwaysTrue: a day range over day
+        partitions). Residuals are trusted only from planning on this side: a REST catalog planning on
+        its side may send none, which pyiceberg reads as AlwaysTrue."""
         filesystem, fragments = self._direct
         schema = self._scan.projection()
-        always = isinstance(self._row_filter, AlwaysTrue)
+        always = isinstance(self._row_filter, AlwaysTrue) or (
+            not isinstance(getattr(self._table, "catalog", None), RestCatalog)
+            and all(isinstance(task.residual, AlwaysTrue) for task in self._tasks))
         names = list(dict.fromkeys([*columns, *([] if always else _filter_columns(self._row_filter, schema))]))
         arrow_schema = schema_to_pyarrow(schema.select(*names), include_field_ids=False)
         dataset = ds.FileSystemDataset(fragments, arrow_schema, ds.ParquetFileFormat(), filesystem)
