@@ -6,8 +6,8 @@ gold decoded at once; here the files are planned once and every read goes throug
 same order with the same filter, so a row's position in the first read names the same row in the next:
 
     scan = PinnedScan(table, snapshot_id, row_filter)
-    keys = scan.read(["user_id", "as_of"])           # every row, two columns
-    values = scan.take(["spend_7d", ...], positions)  # only these rows (positions into `keys`, ascending)
+    keys = scan.read(["entity_id", "as_of"])         # every row, two columns
+    values = scan.take(["feature_a", ...], positions) # only these rows (positions into `keys`, ascending)
 
 `take` streams the files and keeps only the asked-for rows of each batch, so its peak is the rows kept,
 not the table.
