@@ -33,14 +33,19 @@ def _day_rows(day: int, users: range, extra: bool = False) -> pa.Table:
     return pa.table(columns)
 
 
+def _lake_and_schema(tmp_path):
+    """A fresh catalog with the gold namespace, and the gold-like schema (user, as-of, spend)."""
+    lake = Lake(CatalogConfig(name="t", uri=f"sqlite:///{tmp_path}/c.db", warehouse=f"file://{tmp_path}/wh"))
+    lake.catalog.create_namespace("gold")
+    return lake, Schema(NestedField(1, "user_id", LongType(), required=False),
+                        NestedField(2, "as_of", TimestamptzType(), required=False),
+                        NestedField(3, "spend", DoubleType(), required=False))
+
+
 @pytest.fixture()
 def table(tmp_path):
     """Five day files of gold-like rows; a column added after the third; the snapshot before it kept."""
-    lake = Lake(CatalogConfig(name="t", uri=f"sqlite:///{tmp_path}/c.db", warehouse=f"file://{tmp_path}/wh"))
-    lake.catalog.create_namespace("gold")
-    schema = Schema(NestedField(1, "user_id", LongType(), required=False),
-                    NestedField(2, "as_of", TimestamptzType(), required=False),
-                    NestedField(3, "spend", DoubleType(), required=False))
+    lake, schema = _lake_and_schema(tmp_path)
     created = lake.catalog.create_table("gold.g", schema=schema, partition_spec=PartitionSpec(
         PartitionField(2, 1000, DayTransform(), "as_of_day")))
     for day in range(3):
@@ -128,11 +133,7 @@ def _values(scan, column):
 
 
 def test_a_column_added_with_a_default_reads_the_default_where_files_predate_it(tmp_path):
-    lake = Lake(CatalogConfig(name="t", uri=f"sqlite:///{tmp_path}/c.db", warehouse=f"file://{tmp_path}/wh"))
-    lake.catalog.create_namespace("gold")
-    schema = Schema(NestedField(1, "user_id", LongType(), required=False),
-                    NestedField(2, "as_of", TimestamptzType(), required=False),
-                    NestedField(3, "spend", DoubleType(), required=False))
+    lake, schema = _lake_and_schema(tmp_path)
     lake.catalog.create_table("gold.g", schema=schema).append(_day_rows(0, range(3)))
     with lake.table("gold.g").update_schema() as update:
         update.add_column("segment", StringType(), default_value="none yet")
@@ -148,11 +149,7 @@ def test_a_file_without_field_ids_is_read_through_the_name_mapping(tmp_path):
 
     import pyarrow.parquet as pq
 
-    lake = Lake(CatalogConfig(name="t", uri=f"sqlite:///{tmp_path}/c.db", warehouse=f"file://{tmp_path}/wh"))
-    lake.catalog.create_namespace("gold")
-    schema = Schema(NestedField(1, "user_id", LongType(), required=False),
-                    NestedField(2, "as_of", TimestamptzType(), required=False),
-                    NestedField(3, "spend", DoubleType(), required=False))
+    lake, schema = _lake_and_schema(tmp_path)
     mapping = [{"field-id": 1, "names": ["user_id", "uid"]}, {"field-id": 2, "names": ["as_of"]},
                {"field-id": 3, "names": ["spend", "amount"]}]
     table = lake.catalog.create_table("gold.g", schema=schema,
