@@ -94,6 +94,21 @@ def stage(ctx: RunContext, name: str) -> Iterator[None]:
     lineage_events.stage_ended(ctx, lineage)
 
 
+@contextmanager
+def collector_skips_what_lives_now() -> Iterator[None]:
+    """Each stage ends with a full collection (`stage`). A full collection scans every tracked object of the
+    process, and one holding Ray, pyarrow, pyiceberg and MLflow has millions: ~0.4 s a stage, 3 s of a small
+    run's collections (measured on the CLI). What lives now (modules, caches, the config) outlives the run,
+    so it is frozen: the stages' collections scan only what the run itself made, which is where Ray Data's
+    cyclic datasets are. Unfrozen at the end, so nothing stays out of the collector's reach for good."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def run(cfg: PipelineConfig) -> Dict[str, Any]:
     """A run over what arrived since the last one."""
     return execute(cfg, Slice("run"))
@@ -168,8 +183,9 @@ def _locked(cfg: PipelineConfig, plan: Slice, sets: List[FeatureSet], run_id: st
     tags = {"pipeline_run_id": run_id, "code_version": ctx.code_version}
     if plan.kind == "backfill":
         tags["backfill"] = f"{plan.start}..{plan.end}"
-    with tracking.tracked_run(cfg.tracking.tracking_uri, cfg.tracking.experiment, cfg.tracking.artifact_location,
-                              run_name=run_id if plan.kind == "run" else plan.label, tags=tags) as mlflow_run_id:
+    with collector_skips_what_lives_now(), \
+            tracking.tracked_run(cfg.tracking.tracking_uri, cfg.tracking.experiment, cfg.tracking.artifact_location,
+                                 run_name=run_id if plan.kind == "run" else plan.label, tags=tags) as mlflow_run_id:
         tracking.mark_killed(open_run.interrupted, run_id)
         if plan.kind == "run":
             with stage(ctx, "ingest"):
