@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from pipelines.commit_record import CommitRecord
-from pipelines.config import PipelineConfig, resolved_dict
+from pipelines.config import PipelineConfig
 from pipelines.io.lake import Lake
 
 
@@ -34,8 +34,9 @@ def code_version() -> str:
             return "unknown"
 
 
-def config_hash(cfg: PipelineConfig) -> str:
-    return hashlib.sha256(json.dumps(resolved_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+def config_hash(resolved: Dict[str, Any]) -> str:
+    """Of the resolved config (`resolved_dict`: ~0.2 s through OmegaConf, so a run makes it once)."""
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def new_run_id(now: dt.datetime) -> str:

@@ -153,7 +153,8 @@ def _locked(cfg: PipelineConfig, plan: Slice, sets: List[FeatureSet], run_id: st
     lake = Lake(cfg.catalog)
     # a fixed cutoff for the whole run (a derived one must not move at midnight half-way)
     cutoff = cfg.cutoff_ts
-    ctx = RunContext(cfg, lake, run_id, started, code_version(), config_hash(cfg))
+    resolved = resolved_dict(cfg)
+    ctx = RunContext(cfg, lake, run_id, started, code_version(), config_hash(resolved))
     order = refine_order(cfg.datasets)
     if plan.kind == "backfill":
         interrupted = run_state.open_run_ids(lake)
@@ -244,8 +245,8 @@ def _locked(cfg: PipelineConfig, plan: Slice, sets: List[FeatureSet], run_id: st
                 last = run_state.commits_by(lake, identifier, open_run.interrupted)
                 if last and identifier not in ctx.tables_written and identifier in tables:
                     ctx.wrote(identifier, tables[identifier]["snapshot_id"])
-            tracking.log_params(tracking.flatten("", resolved_dict(cfg), {}))
-            tracking.log_config(resolved_dict(cfg))
+            tracking.log_params(tracking.flatten("", resolved, {}))
+            tracking.log_config(resolved)
             faults.point("tracking")
             tracking.log_metrics({**ctx.counts, **{f"seconds.{k}": v for k, v in ctx.durations.items()}})
             for identifier, snapshot in ctx.tables_read.items():
