@@ -260,8 +260,6 @@ class RowCountConfig:
     baseline: str = "same_weekday"  # same_weekday | rolling
     window_days: int = 28
     min_baseline_days: int = 3  # fewer: judged as warn only, while the baseline is being learnt
-    # suspect days this many in a row are a new level (volume that doubled for good), learnt as the norm
-    level_shift_days: int = 3
     history_runs: int = 5
     band: float = 0.3  # allowed relative deviation from that median
     severity: str = "fail"
@@ -617,9 +615,6 @@ def validate(cfg: PipelineConfig) -> None:
         raise ConfigError(f"config error: quality.row_count.window_days={q.row_count.window_days} and "
                           f"min_baseline_days={q.row_count.min_baseline_days} leave no baseline day "
                           "(same_weekday needs window_days >= 7)")
-    if q.row_count.level_shift_days < 2:
-        raise ConfigError(f"config error: quality.row_count.level_shift_days={q.row_count.level_shift_days} must be "
-                          "at least 2 (a single odd day is not a new level)")
     if cfg.retention.reference is not None:
         try:
             parse_utc(cfg.retention.reference)

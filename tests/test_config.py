@@ -40,8 +40,6 @@ def test_feature_group_selects_sets():
          "an override could not be applied (datasets.users.quality.freshness={max_age_hours: 24}: "
          "datasets.users.quality.freshness is null in the configuration"),
         ("quality.row_count.baseline=weekly", "quality.row_count.baseline='weekly' must be same_weekday or rolling"),
-        ("quality.row_count.level_shift_days=1",
-         "quality.row_count.level_shift_days=1 must be at least 2 (a single odd day is not a new level)"),
         ("quality.drift.baseline=weekly", "quality.drift.baseline='weekly' must be same_weekday or previous_snapshot"),
         ("ray.num_cpus=two", "Value 'two' of type 'str' could not be converted to Integer"),
         ("catalog=oracle", "Could not find 'catalog/oracle'"),

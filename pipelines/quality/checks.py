@@ -70,23 +70,6 @@ def baseline_days(day: dt.date, eligible: Set[dt.date], baseline: str, window_da
     return [d for d in candidates if d in eligible]
 
 
-def left_out_of_baselines(suspect: Set[dt.date], level_shift_days: int) -> Set[dt.date]:
-    """Of the days a `warn` let through although suspect, those every baseline leaves out: all but the ones
-    in a run of at least `level_shift_days` consecutive suspect days. An odd day is not a norm to learn,
-    but a level that holds day after day is the new norm (volume that doubled for good): left out too, it
-    would flag every later day and, once the window held only such days, leave them unjudged."""
-    learnt: Set[dt.date] = set()
-    for day in sorted(suspect):
-        if day - dt.timedelta(days=1) in suspect:
-            continue  # not the first day of its run
-        run = [day]
-        while run[-1] + dt.timedelta(days=1) in suspect:
-            run.append(run[-1] + dt.timedelta(days=1))
-        if len(run) >= level_shift_days:
-            learnt.update(run)
-    return suspect - learnt
-
-
 def day_row_count(dataset: str, rows_by_day: Dict[dt.date, int], judged: Sequence[dt.date],
                   eligible: Set[dt.date], baseline: str, window_days: int, min_baseline_days: int, band: float,
                   severity: str) -> Tuple[CheckResult, List[dt.date]]:

@@ -12,8 +12,7 @@ Every check of every run is appended to `quality.check_results`. Row counts are 
 per file (files vary): each day the run added rows to, its rows in silver against the median of the same
 weekday over the last four weeks (partition metadata: no data read), leaving out the days of this run and
 the days a `warn` let through although they were out of band or failed a completeness or range check
-(`quality.day_rows`), so neither a rejected batch nor an odd one becomes the norm; `level_shift_days` (3)
-such days in a row are a new level, and are learnt. While fewer than
+(`quality.day_rows`), so neither a rejected batch nor an odd one becomes the norm. While fewer than
 `min_baseline_days` such days exist, the check can only warn. A dataset without an event time is judged
 by rows per file against the runs that passed every check. A share (completeness, values outside a
 range) of fewer than `quality.min_rows` rows is reported, not judged.
@@ -59,8 +58,7 @@ HISTORY = TableSpec("quality.check_results", pa.schema([
 
 # Per dataset, the event days each run changed and their rows in silver afterwards; `suspect`: the day was
 # out of its row-count band, or a completeness or range check of the dataset failed in that run. A suspect
-# day that a `warn` let through is left out of every later baseline, unless it is one of `level_shift_days`
-# such days in a row (`checks.left_out_of_baselines`: a new level, learnt).
+# day that a `warn` let through is left out of every later baseline.
 DAY_ROWS = TableSpec("quality.day_rows", pa.schema([
     pa.field("run_id", pa.string()),
     pa.field("recorded_at", pa.timestamp("us", tz="UTC")),
@@ -153,8 +151,7 @@ def _day_volume(ctx: RunContext, item: Refined, event_time: str, before: Dict[st
     before_run = before.get(silver)  # before the run (and any run it resumes); None: created by it
     then = ctx.lake.rows_by_day(silver, event_time, before_run) if before_run is not None else {}
     changed = sorted(d for d in set(now) | set(then) if now.get(d, 0) != then.get(d, 0))
-    eligible = set(now) - set(changed) - checks.left_out_of_baselines(_suspect_days(ctx, item.dataset),
-                                                                      q.level_shift_days)
+    eligible = set(now) - set(changed) - _suspect_days(ctx, item.dataset)
     check, outside = checks.day_row_count(item.dataset, now, changed, eligible, q.baseline, q.window_days,
                                           q.min_baseline_days, q.band, q.severity)
     report.checks.append(check)
