@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gc
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -94,19 +95,35 @@ def stage(ctx: RunContext, name: str) -> Iterator[None]:
     lineage_events.stage_ended(ctx, lineage)
 
 
+_freezing = threading.Lock()
+_frozen_by_runs = 0  # runs inside collector_skips_what_lives_now (threads of one process may run several)
+_froze = False  # whether the first of them froze (not when the process had frozen objects of its own)
+
+
 @contextmanager
 def collector_skips_what_lives_now() -> Iterator[None]:
     """Each stage ends with a full collection (`stage`). A full collection scans every tracked object of the
     process, and one holding Ray, pyarrow, pyiceberg and MLflow has millions: ~0.4 s a stage, 3 s of a small
     run's collections (measured on the CLI). What lives now (modules, caches, the config) outlives the run,
     so it is frozen: the stages' collections scan only what the run itself made, which is where Ray Data's
-    cyclic datasets are. Unfrozen at the end, so nothing stays out of the collector's reach for good."""
-    gc.collect()
-    gc.freeze()
+    cyclic datasets are. The freeze is the process's, so it is made by the first of concurrent runs (a later
+    one's freeze would take in the first one's live datasets, which its stages must free) and undone by the
+    last; a process that froze objects itself is left as it is."""
+    global _frozen_by_runs, _froze
+    with _freezing:
+        if _frozen_by_runs == 0 and gc.get_freeze_count() == 0:
+            gc.collect()
+            gc.freeze()
+            _froze = True
+        _frozen_by_runs += 1
     try:
         yield
     finally:
-        gc.unfreeze()
+        with _freezing:
+            _frozen_by_runs -= 1
+            if _frozen_by_runs == 0 and _froze:
+                gc.unfreeze()
+                _froze = False
 
 
 def run(cfg: PipelineConfig) -> Dict[str, Any]:
@@ -184,9 +201,10 @@ def _locked(cfg: PipelineConfig, plan: Slice, sets: List[FeatureSet], run_id: st
     tags = {"pipeline_run_id": run_id, "code_version": ctx.code_version}
     if plan.kind == "backfill":
         tags["backfill"] = f"{plan.start}..{plan.end}"
-    with collector_skips_what_lives_now(), \
-            tracking.tracked_run(cfg.tracking.tracking_uri, cfg.tracking.experiment, cfg.tracking.artifact_location,
-                                 run_name=run_id if plan.kind == "run" else plan.label, tags=tags) as mlflow_run_id:
+    # frozen once MLflow's run has started (its store and start_run import much that outlives the run)
+    with tracking.tracked_run(cfg.tracking.tracking_uri, cfg.tracking.experiment, cfg.tracking.artifact_location,
+                              run_name=run_id if plan.kind == "run" else plan.label, tags=tags) as mlflow_run_id, \
+            collector_skips_what_lives_now():
         tracking.mark_killed(open_run.interrupted, run_id)
         if plan.kind == "run":
             with stage(ctx, "ingest"):

@@ -3,6 +3,7 @@ every table is back at its previous snapshot, each failure is one alert line, an
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -70,6 +71,7 @@ def _fails(base, day: pd.DataFrame, expected: set, *overrides: str):
     finally:
         path.unlink()
     message = str(stopped.value)
+    assert gc.get_freeze_count() == 0  # a stopped run leaves nothing frozen (pipelines.run)
     failed = {c["check"] for c in _alerts(base)[len(alerts_before):] if c["severity"] == "fail"}
     assert expected <= failed, (expected, failed, message)
     assert all(name in message for name in failed)
