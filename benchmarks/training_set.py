@@ -144,7 +144,10 @@ def run_side(data_dir: Path, side: str, labels_file: Path, feature_set: str, pro
     service = f"{feature_set}_service"
     cfg = _config(data_dir)
     if side == "ours":
-        import git  # noqa: F401  (GitPython: MLflow's start_run imports it for its git tags, ~0.4 s)
+        try:
+            import git  # noqa: F401  (GitPython: MLflow's start_run imports it for its git tags, ~0.4 s)
+        except ImportError:  # no git executable: MLflow skips its git tags, so there is nothing to import
+            pass
         import mlflow  # noqa: F401  (what the call imports lazily, imported before the clock starts)
         import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
         import pyiceberg.catalog.sql  # noqa: F401
