@@ -38,7 +38,7 @@ def test_blocks_of_a_dropped_dataset_are_released_at_the_stage_end(ray_session, 
         assert _held_refs() > before  # what the stage has to deal with: blocks pinned by garbage
         gc.collect()
         with collector_skips_what_lives_now() if frozen else contextlib.nullcontext():
-            assert gc.get_freeze_count() > 0 if frozen else True
+            assert (gc.get_freeze_count() > 0) == frozen
             with stage(ctx, "work"):
                 rows = _materialize_and_drop()
             assert rows == 10_000
@@ -70,13 +70,16 @@ def test_the_freeze_is_made_by_the_first_run_undone_by_the_last_and_never_undoes
             leave.wait(10)
 
     thread = threading.Thread(target=other_run)
-    with collector_skips_what_lives_now():
-        frozen = gc.get_freeze_count()
-        thread.start()
-        assert entered.wait(10)
-    assert 0 < gc.get_freeze_count() <= frozen  # the first run ended, the other one runs on: still frozen
-    leave.set()
-    thread.join()
+    try:
+        with collector_skips_what_lives_now():
+            frozen = gc.get_freeze_count()
+            thread.start()
+            assert entered.wait(10)
+        assert 0 < gc.get_freeze_count() <= frozen  # the first run ended, the other one runs on: still frozen
+    finally:  # a failed assertion must not leave the other run (and its freeze) behind for later tests
+        leave.set()
+        if thread.is_alive():
+            thread.join()
     assert gc.get_freeze_count() == 0
 
     gc.freeze()  # the process froze objects of its own (say, before forking workers): left as they are
