@@ -14,8 +14,11 @@ peak memory is its own:
    microsecond before one, the rest anywhere in the day; and a `target` column riding along. Written to
    `D/bench_training/labels_<N>_seed<S>.parquet`.
 2. `--side ours`: `serving.training_set.build_training_set(cfg, labels, ["<set>_service"])`: point in time
-   on the latest gold snapshot (it reads the labels' entities and as-of range from Iceberg, joins, and logs
-   the MLflow run: all of that is in its time).
+   on the latest gold snapshot, through the snapshot's training-set index, which the pipeline run wrote
+   when it published the snapshot (serving/training_index.py); it joins and logs the MLflow run: all of
+   that is in its time. `--side ours_iceberg`: the same call with `training_index.dir=null`, so gold is
+   read from Iceberg (the labels' entities and as-of range pushed into the scan); its output must be
+   identical to ours, bit for bit.
 3. `--side feast`: `FeatureStore(repo_path=serving.applied.repo_path(cfg)).get_historical_features(
    entity_df=labels, features=store.get_feature_service("<set>_service")).to_df()`: the pipeline's own
    Feast repo, whose DuckDB offline store reads gold through IcebergSource.
@@ -49,16 +52,17 @@ import numpy as np
 
 from benchmarks.measure import GIB, ROOT, machine, measured, python_module
 
-SIDES = ("ours", "feast")
+SIDES = ("ours", "ours_iceberg", "feast")
+INDEXED = {"ours": True, "ours_iceberg": False}  # ours through the training-set index, or reading Iceberg
 RESULTS = ROOT / "benchmarks" / "results"
 DAY_US = 86_400_000_000
 TIMEOUT_S = 30 * 60  # a side still running after this is killed and reported as such
 
 
-def _config(data_dir: Path):
+def _config(data_dir: Path, indexed: bool = True):
     from pipelines.config import load_config
 
-    return load_config([f"data_dir={data_dir}"])
+    return load_config([f"data_dir={data_dir}", *([] if indexed else ["training_index.dir=null"])])
 
 
 def work_dir(data_dir: Path) -> Path:
@@ -142,8 +146,8 @@ def run_side(data_dir: Path, side: str, labels_file: Path, feature_set: str, pro
 
     started = time.perf_counter()
     service = f"{feature_set}_service"
-    cfg = _config(data_dir)
-    if side == "ours":
+    cfg = _config(data_dir, INDEXED.get(side, True))
+    if side in INDEXED:
         try:
             import git  # noqa: F401  (GitPython: MLflow's start_run imports it for its git tags, ~0.4 s)
         except ImportError:  # no git executable: MLflow skips its git tags, so there is nothing to import
@@ -154,7 +158,9 @@ def run_side(data_dir: Path, side: str, labels_file: Path, feature_set: str, pro
 
         import pipelines.io.lake  # noqa: F401
         import pipelines.io.pinned_scan  # noqa: F401
+        import serving.pit_index  # noqa: F401
         import serving.tracking  # noqa: F401
+        import serving.training_index  # noqa: F401
         import serving.training_record  # noqa: F401
         from serving.training_set import build_training_set
 
@@ -235,8 +241,11 @@ def compare(data_dir: Path, feature_set: str) -> Dict:
 
     cfg = _config(data_dir)
     fs = load_set(feature_set, cfg.project)
-    ours, feast = (pq.read_table(output_path(data_dir, side)).combine_chunks() for side in SIDES)
+    ours, feast = (pq.read_table(output_path(data_dir, side)).combine_chunks() for side in ("ours", "feast"))
     result = {"rows_ours": ours.num_rows, "rows_feast": feast.num_rows, "features": len(fs.feature_names())}
+    iceberg = output_path(data_dir, "ours_iceberg")
+    if iceberg.exists():  # ours without the index: the same table, bit for bit
+        result["ours_iceberg_identical"] = pq.read_table(iceberg).combine_chunks().equals(ours)
     if ours.num_rows != feast.num_rows:
         return {**result, "mismatching_values": None, "problem": "row counts differ"}
     key_columns = ["label_id", fs.entity.join_key, "event_timestamp", "target"]
@@ -290,9 +299,13 @@ def bench(data_dir: Path, n_labels: int, feature_set: str = "user_spend_daily", 
         result["compare"] = checked
         if checked.get("mismatching_values") != 0 or checked.get("mismatching_label_values"):
             result["problems"].append(f"values: {checked}")
+        if result["ours_iceberg"]["completed"] and checked.get("ours_iceberg_identical") is not True:
+            result["problems"].append("ours through the index and ours reading Iceberg differ")
         if ours["rows"] != n_labels or feast["rows"] != n_labels:
             result["problems"].append(f"rows: ours {ours['rows']}, Feast {feast['rows']}, labels {n_labels}")
         result["ratio_time"] = round(feast["call_s"] / ours["call_s"], 2)
+        if result["ours_iceberg"]["completed"]:
+            result["ratio_time_iceberg"] = round(feast["call_s"] / result["ours_iceberg"]["call_s"], 2)
         result["ratio_process_time"] = round(feast["process_s"] / ours["process_s"], 2)
         result["ratio_peak_rss"] = round(feast["peak_rss_gib"] / ours["peak_rss_gib"], 2)
         result["target_met"] = {"time_5x": result["ratio_time"] >= 5, "memory_half": result["ratio_peak_rss"] >= 2}
@@ -342,12 +355,15 @@ def table_lines(entries: List[Dict]) -> List[str]:
     """The markdown table of training-set results (one row per size and label count)."""
     lines = ["| transactions | labels | run | ours call s | Feast call s | Feast / ours time | ours peak RSS GiB | "
              "Feast peak RSS GiB | Feast / ours memory | ours process s | Feast process s | rows (ours / Feast) | "
-             "mismatching values | target (5x time, 1/2 memory) |", "|" + "---|" * 14]
+             "mismatching values | target (5x time, 1/2 memory) | ours without the index: call s, peak RSS GiB |",
+             "|" + "---|" * 15]
     for e in entries:
         o, f = e["ours"], e["feast"]
         cell = _cell
         c = e.get("compare", {})
         target = e.get("target_met")
+        i = e.get("ours_iceberg")
+        without = f"{cell(i, 'call_s')}, {cell(i, 'peak_rss_gib')}" if i else "-"
         lines.append(
             f"| {e['transactions']:,} | {e['labels']['labels']:,} | {e.get('repeat', 1)} | {cell(o, 'call_s')} | "
             f"{cell(f, 'call_s')} | "
@@ -356,7 +372,7 @@ def table_lines(entries: List[Dict]) -> List[str]:
             f"{o['process_s']} | {f['process_s']} | {_count(o.get('rows', '-'))} / {_count(f.get('rows', '-'))} | "
             f"{c.get('mismatching_values', '-')} of {_count(c.get('values_compared', 0))} | "
             + (f"{'yes' if target['time_5x'] else 'no'}, {'yes' if target['memory_half'] else 'no'} |"
-               if target else "- |"))
+               if target else "- |") + f" {without} |")
     return lines
 
 
@@ -373,14 +389,25 @@ def medians(entries: List[Dict]) -> List[str]:
         if len(group) < 2:
             continue
         med = {f"{side}_{key}": statistics.median(e[side][key] for e in group)
-               for side in SIDES for key in ("call_s", "peak_rss_gib")}
+               for side in ("ours", "feast") for key in ("call_s", "peak_rss_gib")}
         lines.append(f"- {n:,} transactions, {labels:,} labels, median of {len(group)} runs: "
                      f"ours {med['ours_call_s']:.2f} s "
                      f"/ {med['ours_peak_rss_gib']:.2f} GiB, Feast {med['feast_call_s']:.2f} s / "
                      f"{med['feast_peak_rss_gib']:.2f} GiB: "
                      f"Feast / ours {med['feast_call_s'] / med['ours_call_s']:.2f}x "
-                     f"time, {med['feast_peak_rss_gib'] / med['ours_peak_rss_gib']:.2f}x memory")
+                     f"time, {med['feast_peak_rss_gib'] / med['ours_peak_rss_gib']:.2f}x memory"
+                     + _median_without_index(group))
     return ["", "Medians:", ""] + lines if lines else []
+
+
+def _median_without_index(group: List[Dict]) -> str:
+    import statistics
+
+    done = [e["ours_iceberg"] for e in group if e.get("ours_iceberg", {}).get("completed")]
+    if not done:
+        return ""
+    return (f"; ours without the index {statistics.median(d['call_s'] for d in done):.2f} s / "
+            f"{statistics.median(d['peak_rss_gib'] for d in done):.2f} GiB")
 
 
 def markdown(results: Dict) -> str:

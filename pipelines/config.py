@@ -380,6 +380,16 @@ class LineageConfig:
 
 
 @dataclass
+class TrainingIndexConfig:
+    """The training-set index (serving/training_index.py): each published gold snapshot kept on local disk
+    laid out for point-in-time joins, so training sets over it join without decoding gold. A cache: where
+    a snapshot has none, a training set reads gold from Iceberg (same rows, slower)."""
+
+    dir: Optional[str] = None  # null: no index kept (conf/config.yaml: data_dir/training_index)
+    keep: int = 2  # per gold table, the indexes of this many newest published snapshots
+
+
+@dataclass
 class FeaturesConfig:
     sets: Optional[List[str]] = None  # the feature sets to build; None: every one of the project
 
@@ -409,6 +419,7 @@ class PipelineConfig:
     exit_codes: ExitCodesConfig = field(default_factory=ExitCodesConfig)
     lineage: LineageConfig = field(default_factory=LineageConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    training_index: TrainingIndexConfig = field(default_factory=TrainingIndexConfig)
     # the settings of a project's sample-data generator (the shipped sample's: examples/sample/generate.py)
     sample: Optional[Dict[str, Any]] = None
 
@@ -649,6 +660,9 @@ def validate(cfg: PipelineConfig) -> None:
     if lineage.timeout_seconds <= 0 or lineage.max_failures < 1:
         raise ConfigError(f"config error: lineage.timeout_seconds={lineage.timeout_seconds} must be above 0 and "
                           f"lineage.max_failures={lineage.max_failures} at least 1")
+    if cfg.training_index.keep < 1:
+        raise ConfigError(f"config error: training_index.keep={cfg.training_index.keep} must be at least 1 (no "
+                          "index at all: training_index.dir=null)")
     if cfg.profile == "prod":
         from pipelines.profiles import check_prod
 

@@ -257,6 +257,7 @@ def _locked(cfg: PipelineConfig, plan: Slice, sets: List[FeatureSet], run_id: st
         faults.point("gated")
         with stage(ctx, "publish"):
             published = _publish(ctx, cfg, sets, built)
+            _index_for_training(ctx, cfg, sets)
         with stage(ctx, "track"):
             tables = _tables(ctx, cfg, sets)
             for identifier in _run_tables(cfg, sets):  # what interrupted runs committed is this run's output too
@@ -364,6 +365,36 @@ def _publish(ctx: RunContext, cfg: PipelineConfig, sets: List[FeatureSet], built
         faults.point("published_one")
     log.info("published", feature_sets=[r.feature_set for r in published])
     return published
+
+
+def _index_for_training(ctx: RunContext, cfg: PipelineConfig, sets: List[FeatureSet]) -> None:
+    """Index each gold table's published snapshot for training sets (serving/training_index.py), unless it
+    is indexed already, and prune older indexes. A failure only warns: the index is a cache, and a
+    training set without one reads gold from Iceberg."""
+    if not cfg.training_index.dir:
+        return
+    from serving import training_index
+    from serving.pit_join import SetSpec
+
+    log = logs.get()
+    root = Path(cfg.training_index.dir)
+    for fs in sets:
+        table = ctx.lake.table(f"gold.{fs.name}")
+        snapshot = table.current_snapshot()
+        if snapshot is None:
+            continue
+        uuid = str(table.metadata.table_uuid)
+        try:
+            if not (training_index.folder_of(root, uuid, snapshot.snapshot_id) / training_index.MANIFEST).exists():
+                started = time.perf_counter()
+                folder = training_index.write(root, table, snapshot.snapshot_id, SetSpec.of(fs))
+                log.info("training index written", feature_set=fs.name, snapshot_id=snapshot.snapshot_id,
+                         folder=str(folder), seconds=round(time.perf_counter() - started, 2))
+            training_index.prune(root, uuid, cfg.training_index.keep, [s.snapshot_id for s in table.snapshots()])
+        except (training_index.TrainingIndexError, OSError) as exc:
+            log.warning("training index not written: training sets over this snapshot read gold from Iceberg",
+                        feature_set=fs.name, snapshot_id=snapshot.snapshot_id, error=str(exc).splitlines()[0])
+            ctx.counts[f"{fs.name}.training_index_failures"] = 1
 
 
 def _check_tables(ctx: RunContext, source: DatasetConfig, file_plan) -> None:

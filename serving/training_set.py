@@ -84,7 +84,7 @@ def build(cfg: PipelineConfig, labels: label_checks.Labels, feature_sets: Sequen
     lake = _lake(cfg)
     versions = resolve_versions(lake, specs, version)
     timelines = {s.name: timeline(lake, s, versions[s.name]) for s in specs} if mode == "as_known_at" else {}
-    table, used = assemble(lake, specs, prepared, ts, mode, versions, timelines)
+    table, used = assemble(lake, specs, prepared, ts, mode, versions, timelines, index_root(cfg))
     record = training_record.Record(mode, ts, specs, list(feature_sets), version, versions, timelines, used,
                                     label_checks.canonical_digest(prepared), label_checks.canonical_digest(table),
                                     table.num_rows)
@@ -111,12 +111,17 @@ def rebuild(cfg: PipelineConfig, mlflow_run_id: str) -> TrainingSet:
             raise TrainingSetError(f"the training set of MLflow run {mlflow_run_id} read {identifier} at "
                                    f"snapshot(s) {gone}, expired since (medallion maintain)")
     table, used = assemble(lake, record.specs, labels, record.timestamp_column, record.mode,
-                           record.snapshots, record.timelines)
+                           record.snapshots, record.timelines, index_root(cfg))
     digest = label_checks.canonical_digest(table)
     if digest != record.output_sha256:
         raise TrainingSetError(f"the training set of MLflow run {mlflow_run_id} rebuilds differently ({digest}, "
                                f"recorded {record.output_sha256}): its gold snapshots are no longer what they were")
     return TrainingSet(table, mlflow_run_id, used)
+
+
+def index_root(cfg: PipelineConfig) -> Optional[Path]:
+    """Where the pipeline keeps its training-set indexes (`serving/training_index.py`); None: none kept."""
+    return Path(cfg.training_index.dir) if cfg.training_index.dir else None
 
 
 def _lake(cfg: PipelineConfig):
@@ -221,20 +226,23 @@ def timeline(lake, spec: SetSpec, version: int) -> Timeline:
 
 # --- reading and joining -------------------------------------------------------------------------
 def assemble(lake, specs: Sequence[SetSpec], labels: pa.Table, ts: str, mode: str, versions: Mapping[str, int],
-             timelines: Mapping[str, Timeline]) -> Tuple[pa.Table, Dict[str, List[int]]]:
-    """The label columns, then each set's features; and the snapshots each set was read from."""
+             timelines: Mapping[str, Timeline],
+             indexes: Optional[Path] = None) -> Tuple[pa.Table, Dict[str, List[int]]]:
+    """The label columns, then each set's features; and the snapshots each set was read from. A snapshot
+    with an index under `indexes` is joined through it, any other is read from Iceberg (same rows)."""
     columns, names = list(labels.columns), list(labels.column_names)
     used: Dict[str, List[int]] = {}
     for spec in specs:
         if mode == "point_in_time":
             snapshot = versions[spec.name]
-            features = gold_features(lake, spec, snapshot, labels, ts)
+            features = gold_features(lake, spec, snapshot, labels, ts, indexes)
             used[spec.name] = [snapshot]
         else:
             line = timelines[spec.name]
             served = pit.by_snapshot(pit.served_ids(labels.column(ts).combine_chunks(), line))
             features = pit.by_served_snapshot(labels, ts, line, spec,
-                                              lambda sid, part, spec=spec: gold_features(lake, spec, sid, part, ts))
+                                              lambda sid, part, spec=spec: gold_features(lake, spec, sid, part, ts,
+                                                                                           indexes))
             used[spec.name] = sorted(served)
         columns += features.columns
         names += features.column_names
@@ -280,15 +288,21 @@ def gold_scan(lake, spec: SetSpec, snapshot_id: int, labels: pa.Table, ts: str):
     return PinnedScan(table, snapshot_id, row_filter), present
 
 
-def gold_features(lake, spec: SetSpec, snapshot_id: int, labels: pa.Table, ts: str) -> pa.Table:
+def gold_features(lake, spec: SetSpec, snapshot_id: int, labels: pa.Table, ts: str,
+                  indexes: Optional[Path] = None) -> pa.Table:
     """The spec's features per label from gold at `snapshot_id`, in the labels' order.
 
-    Gold is read in two passes over the same planned files (`PinnedScan`): first the join key and as-of of
-    every row the labels could join (`gold_scan`), which decide each label's row; then the feature values of only those rows. So
-    at no point is every feature of every gold row held: with 1M labels over 9M gold rows, the features
-    of the ~1M rows joined instead of all 9M."""
+    Through the snapshot's training-set index when `indexes` holds one (`indexed_features`). Otherwise
+    gold is read in two passes over the same planned files (`PinnedScan`): first the join key and as-of of
+    every row the labels could join (`gold_scan`), which decide each label's row; then the feature values
+    of only those rows. So at no point is every feature of every gold row held: with 1M labels over 9M
+    gold rows, the features of the ~1M rows joined instead of all 9M."""
     if not labels.num_rows:
         return spec.feature_schema().empty_table()
+    if indexes is not None:
+        indexed = indexed_features(lake, spec, snapshot_id, labels, ts, indexes)
+        if indexed is not None:
+            return indexed
     scan, present = gold_scan(lake, spec, snapshot_id, labels, ts)
     identifier = f"gold.{spec.name}"
     gold = _conform(scan.read([spec.join_key, spec.as_of_column]), spec, [spec.join_key, spec.as_of_column])
@@ -309,6 +323,28 @@ def gold_features(lake, spec: SetSpec, snapshot_id: int, labels: pa.Table, ts: s
         return _conform(rows, spec, spec.feature_names)
 
     return pit.take_features(found, rows_at, spec)
+
+
+def indexed_features(lake, spec: SetSpec, snapshot_id: int, labels: pa.Table, ts: str,
+                     indexes: Path) -> Optional[pa.Table]:
+    """`gold_features` through the snapshot's index (`serving/pit_index.py`: no gold row decoded, only
+    the joined rows' pages of each feature column touched); None when the snapshot has no usable index."""
+    from serving import pit_index, training_index
+
+    table = lake.table(f"gold.{spec.name}")
+    index = training_index.open_index(indexes, table.metadata.table_uuid, snapshot_id, spec)
+    if index is None:
+        return None
+    try:
+        found = pit_index.lookup(index.layout, labels.column(spec.join_key).combine_chunks(),
+                                 labels.column(ts).combine_chunks(), spec.ttl_us)
+        readable = [f for f in spec.feature_names if f in index.column_names]  # others: the snapshot predates them
+        if not readable:
+            return pit.nulls(labels.num_rows, spec)
+        return pit.take_features(found, lambda positions: _conform(index.take(readable, positions), spec,
+                                                                   spec.feature_names), spec)
+    finally:
+        index.close()
 
 
 def _conform(rows: pa.Table, spec: SetSpec, names: Sequence[str]) -> pa.Table:

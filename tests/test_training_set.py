@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from serving import labels as label_checks
+from serving import pit_index
 from serving import pit_join as pit
 
 UTC = dt.timezone.utc
@@ -112,15 +113,50 @@ def test_point_in_time_join_equals_the_oracle(cells_per_row, gold, labels, ttl_d
     assert [tuple(r.values()) for r in out.to_pylist()] == oracle(labels, gold, ttl_days)
 
 
-@pytest.mark.parametrize("cells_per_row", [10**9, 0], ids=["dense", "sorted"])
-def test_a_cell_held_twice_gives_the_row_read_last(cells_per_row):
+def features_by_index(labels: pa.Table, gold: pa.Table, spec: pit.SetSpec) -> pa.Table:
+    """`pit.features_for` through `pit_index`: gold laid out once, then each label's row looked up."""
+    layout, order = pit_index.layout(gold.column("user_id").combine_chunks(), gold.column("as_of").combine_chunks())
+    stored = gold.take(pa.array(order, pa.int64()))  # the rows in the layout's order, as the index keeps them
+    found = pit_index.lookup(layout, labels.column("user_id").combine_chunks(), labels.column("ts").combine_chunks(),
+                             spec.ttl_us)
+    return pit.take_features(found, lambda positions: stored.take(pa.array(positions)), spec)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(gold=gold_rows, labels=label_lists(), ttl_days=st.sampled_from([0, 1, 2, 7]),
+       keyless=st.lists(st.tuples(st.none() | st.integers(1, 4), st.none() | gold_instants), max_size=3))
+def test_the_index_join_equals_the_oracle(gold, labels, ttl_days, keyless):
+    """Also with gold rows lacking a key or an as-of (they join nothing: the oracle never sees them)."""
+    broken = [(k, t, 99, 99.0, "broken") for k, t in keyless if k is None or t is None]
+    out = features_by_index(_labels_table(labels), _gold_table(gold + broken), _spec(ttl_days))
+    assert out.schema == _spec(ttl_days).feature_schema()
+    assert [tuple(r.values()) for r in out.to_pylist()] == oracle(labels, gold, ttl_days)
+
+
+@pytest.mark.parametrize("way", ["dense", "sorted", "index"])
+def test_a_cell_held_twice_gives_the_row_read_last(way):
     """Gold holds one row per entity and as-of; should it hold two, the later one read is joined, by
-    both ways of matching (so a rebuild is the same whichever way it went)."""
+    every way of matching (so a rebuild is the same whichever way it went)."""
     day = BASE + dt.timedelta(days=1)
     gold = _gold_table([(1, day, 1, 1.0, "first"), (2, day, 2, 2.0, "other"), (1, day, 3, 3.0, "second")])
-    with dense_limit(cells_per_row):
-        out = pit.features_for(_labels_table([(1, day), (2, day + US)]), "ts", gold, _spec(1))
+    labels = _labels_table([(1, day), (2, day + US)])
+    if way == "index":
+        out = features_by_index(labels, gold, _spec(1))
+    else:
+        with dense_limit(10**9 if way == "dense" else 0):
+            out = pit.features_for(labels, "ts", gold, _spec(1))
     assert out.column("s").to_pylist() == ["second", "other"]
+
+
+def test_the_index_with_string_keys_by_hand():
+    """A string join key goes through a hash lookup instead of a binary search: "007" is not "7"."""
+    day = BASE + dt.timedelta(days=1)
+    gold = pa.table({"user_id": ["007", "7", "b"], "as_of": pa.array([day] * 3, pa.timestamp("us", tz="UTC")),
+                     "n": [1, 2, 3], "x": [1.0, 2.0, 3.0], "s": ["a", "b", "c"]})
+    labels = pa.table({"user_id": ["7", "007", "c", "b"],
+                       "ts": pa.array([day, day, day, day - US], pa.timestamp("us", tz="UTC"))})
+    spec = pit.SetSpec("fs", "user_id", "string", "as_of", SPEC_FEATURES, 1)
+    assert features_by_index(labels, gold, spec).column("n").to_pylist() == [2, 1, None, None]
 
 
 def test_point_in_time_boundaries_by_hand():
@@ -466,7 +502,7 @@ def test_training_runs_are_recorded_in_mlflow(late_lake):
 @pytest.mark.e2e
 def test_the_iceberg_path_equals_the_pure_path_and_reads_only_what_labels_need(late_lake):
     from pipelines.io.lake import Lake
-    from serving import training_set
+    from serving import training_index, training_set
 
     cfg = late_lake["cfg"]
     lake = Lake(cfg.catalog)
@@ -476,12 +512,19 @@ def test_the_iceberg_path_equals_the_pure_path_and_reads_only_what_labels_need(l
              for h in range(-24 * 5, 24 * 3, 7) for u in (0, 1)]
     labels = pd.DataFrame({"user_id": [1 + i % 12 for i in range(len(times))], "ts": times})
     prepared, ts = training_set.prepare_labels(labels, [spec], None)
+    indexes = training_set.index_root(cfg)
+    uuid = str(lake.table(f"gold.{SET}").metadata.table_uuid)
     for snapshot in (late_lake["snapshot_a"], late_lake["snapshot_b"]):
         whole = lake.read_arrow(f"gold.{SET}", snapshot_id=snapshot)
         pure = pit.features_for(prepared, ts, whole, spec)
         expected = pa.Table.from_arrays(prepared.columns + pure.columns, prepared.column_names + pure.column_names)
         built = training_set.build_training_set(cfg, labels, [SET], version=f"gold@{snapshot}")
         assert built.equals(expected)
+        # each run indexed the snapshot it published, and both ways of reading give those rows
+        assert training_index.open_index(indexes, uuid, snapshot, spec) is not None
+        for way in (None, indexes):
+            table, _ = training_set.assemble(lake, [spec], prepared, ts, "point_in_time", {SET: snapshot}, {}, way)
+            assert table.equals(expected)
         # the scan held only the labels' entities in their as-of range
         subset = training_set.prepare_labels(pd.DataFrame({
             "user_id": [1, 2], "ts": [dt.datetime.combine(today, dt.time(12), UTC),
