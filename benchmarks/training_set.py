@@ -154,6 +154,7 @@ def run_side(data_dir: Path, side: str, labels_file: Path, feature_set: str, pro
             pass
         import mlflow  # noqa: F401  (what the call imports lazily, imported before the clock starts)
         import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+        import mlflow.tracing.processor.base_mlflow  # noqa: F401  (set_tracking_uri: OpenTelemetry, ~0.3 s)
         import pyiceberg.catalog.sql  # noqa: F401
 
         import pipelines.io.lake  # noqa: F401

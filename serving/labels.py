@@ -177,32 +177,55 @@ def _timestamp(column: pa.ChunkedArray, name: str) -> pa.Array:
 def canonical_digest(table: pa.Table) -> str:
     """`sha256:<hex>` over the schema, the row count and, column by column, the validity and the valid
     values in row order. Unlike hashing Arrow IPC or Parquet bytes, it does not see chunking, slicing,
-    the bytes under null slots or the writer's version, so equal tables always digest alike."""
+    the bytes under null slots or the writer's version, so equal tables always digest alike.
+
+    The bytes hashed are fixed (a recorded training set is checked against them): per column the
+    validity packed by `np.packbits` (most significant bit first), then the valid values: numbers and
+    temporal values as their little-endian integers or floats; text and binary as int64 offsets from 0,
+    then the concatenated bytes; booleans one byte each; anything else its Python repr. Arrow's own
+    buffers are hashed where they already are those bytes (no copy: 1M-row training sets are hashed
+    twice per build)."""
     digest = hashlib.sha256()
     digest.update(str(table.schema.remove_metadata()).encode())
     digest.update(str(table.num_rows).encode())
     for name in table.column_names:
         values = _plain(table.column(name)) if table.num_rows else pa.array([], table.schema.field(name).type)
-        digest.update(np.packbits(values.is_valid().to_numpy(zero_copy_only=False)).tobytes())
-        for part in _value_bytes(values.drop_null()):
+        digest.update(_validity_bytes(values))
+        for part in _value_bytes(values.drop_null() if values.null_count else values):
             digest.update(part)
     return "sha256:" + digest.hexdigest()
 
 
-def _value_bytes(values: pa.Array) -> List[bytes]:
+def _validity_bytes(values: pa.Array) -> bytes:
+    n = len(values)
+    if not values.null_count:  # all valid: what np.packbits makes of n ones, without the n-byte array
+        return b"\xff" * (n // 8) + (bytes([(0xFF << (8 - n % 8)) & 0xFF]) if n % 8 else b"")
+    return np.packbits(values.is_valid().to_numpy(zero_copy_only=False)).tobytes()
+
+
+def _value_bytes(values: pa.Array) -> List[object]:
+    """The valid values' bytes (`values` has no nulls) as buffers for hashlib: views where possible."""
     kind = values.type
     if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind) \
             or pa.types.is_large_binary(kind):
-        values = pa.concat_arrays([values.cast(pa.large_binary())])  # fresh buffers, offsets from 0
-        offsets = np.frombuffer(values.buffers()[1], dtype=np.int64)[values.offset:values.offset + len(values) + 1]
+        wide = pa.types.is_large_string(kind) or pa.types.is_large_binary(kind)
+        if not len(values):
+            return [np.zeros(1, dtype=np.int64), b""]
+        offsets = np.frombuffer(values.buffers()[1], dtype=np.int64 if wide else np.int32)
+        offsets = offsets[values.offset:values.offset + len(values) + 1]
+        start, end = int(offsets[0]), int(offsets[-1])
         data = values.buffers()[2]
-        body = b"" if data is None or not len(values) else data.to_pybytes()[offsets[0]:offsets[-1]]
-        return [(offsets - offsets[0]).tobytes(), body]
+        return [offsets.astype(np.int64) - start, memoryview(data)[start:end] if data is not None else b""]
     if pa.types.is_boolean(kind):
-        return [values.to_numpy(zero_copy_only=False).astype(np.uint8).tobytes()]
+        return [values.to_numpy(zero_copy_only=False).astype(np.uint8)]
     if pa.types.is_timestamp(kind) or pa.types.is_date(kind) or pa.types.is_time(kind) \
             or pa.types.is_duration(kind):
-        return [values.cast(pa.int64() if kind.bit_width == 64 else pa.int32()).to_numpy().tobytes()]
+        return [_numbers(values.view(pa.int64() if kind.bit_width == 64 else pa.int32()))]
     if pa.types.is_integer(kind) or pa.types.is_floating(kind):
-        return [values.to_numpy(zero_copy_only=False).tobytes()]
+        return [_numbers(values)]
     return [repr(values.to_pylist()).encode()]  # decimals, nested values: their Python values
+
+
+def _numbers(values: pa.Array) -> np.ndarray:
+    """The values of a null-free fixed-width array as numpy: a view of Arrow's buffer, no copy."""
+    return values.to_numpy(zero_copy_only=False)

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from serving.pit_join import _micros, sorted_order
+from serving.pit_join import _micros, entity_codes, sorted_order
 
 
 @dataclass(frozen=True)
@@ -62,31 +62,41 @@ def ranks(entities: pa.Array, keys: pa.Array) -> np.ndarray:
     """Per key, its position in the ascending distinct `entities`; -1 when it is not one of them."""
     if not len(entities):
         return np.full(len(keys), -1, dtype=np.int64)
-    if pa.types.is_integer(entities.type) and pa.types.is_integer(keys.type) and not keys.null_count:
-        sorted_keys, wanted = entities.to_numpy(), keys.to_numpy()
-        at = np.searchsorted(sorted_keys, wanted)
-        np.minimum(at, len(sorted_keys) - 1, out=at)
-        return np.where(sorted_keys[at] == wanted, at, -1).astype(np.int64)
-    return pc.index_in(keys, value_set=entities).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return entity_codes(keys, entities).astype(np.int64)
 
 
 def lookup(index: Layout, label_keys: pa.Array, label_ts: pa.Array, ttl_us: int) -> np.ndarray:
     """Per label, the position of its row in the layout, -1 when none (`pit_join`'s rule)."""
-    found = np.full(len(label_keys), -1, dtype=np.int64)
+    needed, slot = joined_rows(index, label_keys, label_ts, ttl_us)
+    return np.where(slot >= 0, needed[np.maximum(slot, 0)] if len(needed) else -1, -1)
+
+
+def joined_rows(index: Layout, label_keys: pa.Array, label_ts: pa.Array,
+                ttl_us: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(the distinct layout rows some label joins, ascending; per label, the index of its row among them,
+    -1 when none): what `pit_join.take_features` needs, straight from the search. The labels are searched
+    in cell order, so the rows found come out ascending and need no second sort to be made distinct."""
+    slot = np.full(len(label_keys), -1, dtype=np.int64)
     if not len(label_keys) or not index.rows:
-        return found
+        return np.empty(0, dtype=np.int64), slot
     width = len(index.instants)
+    wanted = np.searchsorted(index.instants, _micros(label_ts), side="right") - 1  # -1: before the first
     rank = ranks(index.entities, label_keys)
-    label_us = _micros(label_ts)
-    latest = np.searchsorted(index.instants, label_us, side="right") - 1  # -1: before gold's first instant
-    asked = np.flatnonzero((rank >= 0) & (latest >= 0))
-    wanted = rank[asked] * width + latest[asked]
+    asked = np.flatnonzero((rank >= 0) & (wanted >= 0))
+    wanted = wanted[asked]
+    wanted += rank[asked] * width
     order = sorted_order(wanted)  # ascending searches walk `cells` in order (cache-friendly)
     asked, wanted = asked[order], wanted[order]
+    del order, rank
     hit = np.searchsorted(index.cells, wanted, side="right") - 1
-    cell = index.cells[np.maximum(hit, 0)]
-    ok = (hit >= 0) & (cell // width == rank[asked])
+    np.maximum(hit, 0, out=hit)
+    cell = index.cells[hit]
+    ok = (cell <= wanted) & (cell // width == wanted // width)  # a cell at or before, of the label's entity
     if ttl_us:  # in exact integers, as pit_join.match
-        ok &= index.instants[cell % width] >= label_us[asked] - ttl_us
-    found[asked[ok]] = hit[ok]
-    return found
+        ok &= index.instants[cell % width] >= _micros(label_ts)[asked] - ttl_us
+    asked, hit = asked[ok], hit[ok]
+    first = np.empty(len(hit), dtype=bool)  # hit is ascending: a row's labels are adjacent
+    first[:1] = True
+    np.not_equal(hit[1:], hit[:-1], out=first[1:])
+    slot[asked] = np.cumsum(first) - 1
+    return hit[first], slot

@@ -186,19 +186,60 @@ def _sparse(cells: np.ndarray, rows: np.ndarray, width: int, code: np.ndarray,
 def take_features(found: np.ndarray, rows_at: Callable[[np.ndarray], pa.Table], spec: SetSpec) -> pa.Table:
     """The spec's features per label from the gold rows `found` names (-1: nulls). `rows_at(positions)`
     gives the feature columns of the gold rows at those ascending positions, so a caller reading gold
-    from files fetches only the rows some label joins."""
-    schema = spec.feature_schema()
-    joined = found >= 0
-    marked = np.zeros(int(found.max()) + 1 if joined.any() else 0, dtype=bool)
-    marked[found[joined]] = True
-    needed = np.flatnonzero(marked)  # the distinct rows in order (np.unique would sort all 1M of them)
+    from files fetches only the rows some label joins, each once."""
+    needed, slot = distinct_rows(found)
     if not len(needed):  # nothing joins: no gold row is read
         return nulls(len(found), spec)
-    rows = rows_at(needed).select(spec.feature_names).cast(schema)
-    place = np.empty(len(marked), dtype=np.int64)  # gold row -> its place among the needed ones (only
-    place[needed] = np.arange(len(needed))  # the needed entries are ever read)
-    at = place[np.where(joined, found, needed[0])]
-    return rows.take(pa.array(at, mask=~joined)).combine_chunks()
+    rows = rows_at(needed).select(spec.feature_names).cast(spec.feature_schema())
+    return pa.Table.from_arrays([place(rows.column(name), slot) for name in spec.feature_names],
+                                schema=spec.feature_schema())
+
+
+def distinct_rows(found: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(the distinct rows >= 0 of `found`, ascending; per entry of `found`, the index of its row among
+    them, -1 for -1). By one sort of the joined entries (labels often share a row), not a table as long
+    as gold (9M entries at 10M events, whose page faults cost more than the sort)."""
+    slot = np.full(len(found), -1, dtype=np.int64)
+    joined = np.flatnonzero(found >= 0)
+    if not len(joined):
+        return np.empty(0, dtype=np.int64), slot
+    order = sorted_order(found[joined])
+    ranked = found[joined[order]]
+    first = np.empty(len(ranked), dtype=bool)
+    first[0] = True
+    np.not_equal(ranked[1:], ranked[:-1], out=first[1:])
+    slot[joined[order]] = np.cumsum(first) - 1
+    return ranked[first], slot
+
+
+def place(values: pa.ChunkedArray, slot: np.ndarray) -> pa.Array:
+    """`values[slot]`, null where slot is -1. Numbers go through numpy (a gather of the values and of the
+    validity), text through Arrow's take without null indices and a new validity bitmap: Arrow's take
+    with null indices is several times slower; anything else through that take."""
+    array = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
+    kind = array.type
+    if not len(array):
+        return pa.nulls(len(slot), kind)
+    valid = slot >= 0
+    at = np.where(valid, slot, 0)
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):  # take without nulls, then the validity
+        taken = array.take(pa.array(at))
+        if taken.null_count:
+            valid &= taken.is_valid().to_numpy(zero_copy_only=False)
+        bitmap = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+        return pa.Array.from_buffers(kind, len(slot), [bitmap, *taken.buffers()[1:]],
+                                     null_count=int(len(slot) - valid.sum()))
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)) or array.buffers()[1] is None:
+        return array.take(pa.array(slot, mask=slot < 0))
+    data = np.frombuffer(array.buffers()[1], dtype=np.dtype(kind.to_pandas_dtype()))
+    values = data[array.offset:array.offset + len(array)][at]
+    if array.null_count:
+        bits = np.unpackbits(np.frombuffer(array.buffers()[0], dtype=np.uint8), bitorder="little")
+        valid &= bits[array.offset:array.offset + len(array)][at].astype(bool)
+    if valid.all():
+        return pa.Array.from_buffers(kind, len(slot), [None, pa.py_buffer(values)])
+    return pa.Array.from_buffers(kind, len(slot), [pa.py_buffer(np.packbits(valid, bitorder="little")),
+                                                   pa.py_buffer(values)], null_count=int(len(slot) - valid.sum()))
 
 
 def features_for(labels: pa.Table, timestamp_column: str, gold: pa.Table, spec: SetSpec) -> pa.Table:

@@ -81,14 +81,19 @@ def build(cfg: PipelineConfig, labels: label_checks.Labels, feature_sets: Sequen
         raise TrainingSetError(f"unknown training-set mode {mode!r} (known: {', '.join(MODES)})")
     specs = resolve_sets(cfg, feature_sets)
     prepared, ts = prepare_labels(labels, specs, timestamp_column)
-    lake = _lake(cfg)
-    versions = resolve_versions(lake, specs, version)
-    timelines = {s.name: timeline(lake, s, versions[s.name]) for s in specs} if mode == "as_known_at" else {}
-    table, used = assemble(lake, specs, prepared, ts, mode, versions, timelines, index_root(cfg))
-    record = training_record.Record(mode, ts, specs, list(feature_sets), version, versions, timelines, used,
-                                    label_checks.canonical_digest(prepared), label_checks.canonical_digest(table),
-                                    table.num_rows)
-    run_id = training_record.log(cfg, lake, record, prepared)
+    preparation = training_record.Preparation(cfg, prepared)  # the record's other parts, meanwhile
+    try:
+        lake = _lake(cfg)
+        versions = resolve_versions(lake, specs, version)
+        timelines = {s.name: timeline(lake, s, versions[s.name]) for s in specs} if mode == "as_known_at" else {}
+        table, used = assemble(lake, specs, prepared, ts, mode, versions, timelines, index_root(cfg))
+        output_sha256 = label_checks.canonical_digest(table)
+        preparation.wait()
+        record = training_record.Record(mode, ts, specs, list(feature_sets), version, versions, timelines, used,
+                                        preparation.labels_sha256, output_sha256, table.num_rows)
+        run_id = training_record.log(cfg, lake, record, preparation.labels_file)
+    finally:
+        preparation.close()  # no thread outlives the build, nor its artifact folder
     return TrainingSet(table, run_id, used)
 
 
@@ -327,8 +332,10 @@ def gold_features(lake, spec: SetSpec, snapshot_id: int, labels: pa.Table, ts: s
 
 def indexed_features(lake, spec: SetSpec, snapshot_id: int, labels: pa.Table, ts: str,
                      indexes: Path) -> Optional[pa.Table]:
-    """`gold_features` through the snapshot's index (`serving/pit_index.py`: no gold row decoded, only
-    the joined rows' pages of each feature column touched); None when the snapshot has no usable index."""
+    """`gold_features` through the snapshot's index (`serving/pit_index.py`): no gold row is decoded; of
+    each feature column only the pages of the rows joined are touched, one column at a time (so each
+    column's rows taken are freed before the next: on a host where fresh memory costs its page faults,
+    that memory is reused). None when the snapshot has no usable index."""
     from serving import pit_index, training_index
 
     table = lake.table(f"gold.{spec.name}")
@@ -336,13 +343,18 @@ def indexed_features(lake, spec: SetSpec, snapshot_id: int, labels: pa.Table, ts
     if index is None:
         return None
     try:
-        found = pit_index.lookup(index.layout, labels.column(spec.join_key).combine_chunks(),
-                                 labels.column(ts).combine_chunks(), spec.ttl_us)
-        readable = [f for f in spec.feature_names if f in index.column_names]  # others: the snapshot predates them
-        if not readable:
-            return pit.nulls(labels.num_rows, spec)
-        return pit.take_features(found, lambda positions: _conform(index.take(readable, positions), spec,
-                                                                   spec.feature_names), spec)
+        needed, slot = pit_index.joined_rows(index.layout, labels.column(spec.join_key).combine_chunks(),
+                                             labels.column(ts).combine_chunks(), spec.ttl_us)
+        schema = spec.feature_schema()
+        columns = []
+        for field in schema:
+            if field.name not in index.column_names or not len(needed):  # a feature the snapshot predates
+                columns.append(pa.nulls(labels.num_rows, field.type))
+                continue
+            rows = _conform(index.take([field.name], needed), spec, [field.name])
+            columns.append(pit.place(rows.column(0), slot))
+            del rows
+        return pa.Table.from_arrays(columns, schema=schema)
     finally:
         index.close()
 
