@@ -52,6 +52,7 @@ def test_feature_group_selects_sets():
          "references: 'users.email' must be the whole key of 'users'"),
         ("datasets.transactions.event_time=currency", "datasets.transactions.event_time: 'currency' must be one of its"),
         ("online_store.type=dynamo", "online_store.type='dynamo' must be sqlite or redis"),
+        ("training_index.keep=0", "training_index.keep=0 must be at least 1 (no index at all: training_index.dir=null)"),
     ],
 )
 def test_bad_config_is_one_line(override, message):

@@ -600,3 +600,37 @@ def test_point_in_time_rows_are_the_rows_feast_picks(late_lake):
     assert len(ours_rows) == len(times)
     assert sum(r[2] is not None for r in ours_rows) > 10
     assert feast_rows == ours_rows
+
+
+# --- placing joined rows in label order ------------------------------------------------------------
+PLACE_TYPES = {"int64": (pa.int64(), st.integers(-2**63, 2**63 - 1)), "int32": (pa.int32(), st.integers(-5, 5)),
+               "float64": (pa.float64(), st.floats(allow_nan=False)), "float32": (pa.float32(), st.just(1.5)),
+               "string": (pa.string(), st.text(max_size=3)), "large_string": (pa.large_string(), st.text(max_size=3)),
+               "bool": (pa.bool_(), st.booleans()),
+               "timestamp": (pa.timestamp("us", tz="UTC"), st.datetimes(timezones=st.just(UTC)))}
+
+
+@settings(max_examples=300, deadline=None)
+@given(kind=st.sampled_from(sorted(PLACE_TYPES)), data=st.data())
+def test_place_puts_each_row_where_its_slot_says(kind, data):
+    """`pit.place(values, slot)` is `[values[s] if s >= 0 else None for s in slot]`, whatever the type,
+    nulls, slicing (a non-zero offset) or chunking of `values`."""
+    arrow_type, cells = PLACE_TYPES[kind]
+    raw = data.draw(st.lists(st.none() | cells, max_size=12))
+    skip = data.draw(st.integers(0, min(2, len(raw))))
+    values = pa.array(raw, arrow_type).slice(skip)
+    cut = data.draw(st.integers(0, len(values)))
+    chunked = pa.chunked_array([values.slice(0, cut), values.slice(cut)], arrow_type)
+    slot = np.array(data.draw(st.lists(st.integers(-1, len(values) - 1), max_size=15)), dtype=np.int64)
+    placed = pit.place(chunked, slot)
+    placed.validate(full=True)
+    assert placed.type == arrow_type
+    assert placed.to_pylist() == [values[int(s)].as_py() if s >= 0 else None for s in slot]
+
+
+@settings(max_examples=300, deadline=None)
+@given(found=st.lists(st.integers(-1, 8), max_size=30))
+def test_distinct_rows_are_the_rows_found_each_once(found):
+    needed, slot = pit.distinct_rows(np.array(found, dtype=np.int64))
+    assert needed.tolist() == sorted({f for f in found if f >= 0})
+    assert [int(needed[s]) if s >= 0 else -1 for s in slot] == found
