@@ -128,6 +128,24 @@ def _tables(lake: Lake) -> List[str]:
     return sorted(out)
 
 
+def drop_training_indexes(cfg: PipelineConfig, lake: Lake) -> int:
+    """Remove the training-set indexes (serving/training_index.py) of gold snapshots that no longer exist:
+    an index is a copy of its snapshot, and erasure and retention promise the rows are physically gone.
+    The number removed."""
+    if not cfg.training_index.dir:
+        return 0
+    from pathlib import Path
+
+    from serving import training_index
+
+    removed = 0
+    for identifier in (t for t in _tables(lake) if t.startswith("gold.")):
+        table = lake.table(identifier)
+        removed += len(training_index.prune(Path(cfg.training_index.dir), str(table.metadata.table_uuid),
+                                            cfg.training_index.keep, [s.snapshot_id for s in table.snapshots()]))
+    return removed
+
+
 # --- retention ------------------------------------------------------------------------------------------
 ARRIVAL_COLUMN = "_ingested_at"  # bronze and quarantine age by arrival
 

@@ -449,8 +449,12 @@ def maintain(cfg: PipelineConfig, erase: Optional[Tuple[str, str]] = None) -> Di
             raise PipelineError(f"run {interrupted[-1]} was interrupted and is not finished: `medallion run` "
                                 f"resumes it; {command} refuses to change the tables until then")
         if erase:
-            return {"run_id": run_id, "erased": maintenance.erase(cfg, lake, *erase)}
+            erased = maintenance.erase(cfg, lake, *erase)
+            return {"run_id": run_id, "erased": erased,
+                    "training_indexes_removed": maintenance.drop_training_indexes(cfg, lake)}
         reference = parse_utc(cfg.retention.reference) if cfg.retention.reference else started
         retention = maintenance.apply_retention(cfg, lake, reference)
         cleaned = maintenance.clean_up(lake, cfg.retention.orphan_min_age_hours * 3600, run_id)
-        return {"run_id": run_id, "retention": retention, "clean_up": cleaned}
+        return {"run_id": run_id, "retention": retention, "clean_up": cleaned,
+                "training_indexes_removed": maintenance.drop_training_indexes(cfg, lake)}
+

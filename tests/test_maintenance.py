@@ -79,8 +79,23 @@ def test_erasing_a_user_removes_it_everywhere_and_nothing_else(base):
     online_before = online_values(store, fs, list(range(1, 151)))
     assert online_before.loc[ERASED - 1, "tx_count_30d"] is not None
 
-    report = cli("erase", "--key", f"user_id={ERASED}", f"data_dir={base['data_dir']}", *SMALL)["erased"]
+    gold_uuid = str(catalog.load_table("gold.user_spend_daily").metadata.table_uuid)
+
+    def indexed_users():  # per training-set index of gold.user_spend_daily, the users it holds rows of
+        found = []
+        for entities in Path(cfg.training_index.dir, gold_uuid).glob("*/entities.arrow"):
+            with pa.memory_map(str(entities)) as source:
+                found.append(set(pa.ipc.open_file(source).read_all().column(0).to_pylist()))
+        return found
+
+    assert any(ERASED in users for users in indexed_users())  # the published snapshot's index holds the user
+
+    result = cli("erase", "--key", f"user_id={ERASED}", f"data_dir={base['data_dir']}", *SMALL)
+    report = result["erased"]
     assert {t: r["rows_deleted"] for t, r in report["tables"].items()} == expected_removed
+    # the index of the snapshot that held the user went with it (a copy of gold would keep the rows)
+    assert result["training_indexes_removed"] >= 1
+    assert not any(ERASED in users for users in indexed_users())
     assert report["online_store"] == {"user_spend_daily": len(fs.feature_names())}
 
     for identifier in tables:

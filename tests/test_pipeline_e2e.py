@@ -262,9 +262,10 @@ def test_no_raw_pii_anywhere_past_bronze(pipeline_run):
         values = set(frame.to_numpy().ravel())
         assert not values & secrets, identifier
     data_dir = Path(summary["data_dir"])
-    blobs = [p for d in ("feast", "mlflow", "logs", "reports", "alerts") for p in (data_dir / d).rglob("*")
-             if p.is_file()]
+    blobs = [p for d in ("feast", "mlflow", "logs", "reports", "alerts", "training_index")
+             for p in (data_dir / d).rglob("*") if p.is_file()]
     assert any(p.name == "online_store.db" for p in blobs) and any(p.suffix == ".jsonl" for p in blobs)
+    assert any(p.name == "cells.arrow" for p in blobs)  # gold's copy for training sets is checked too
     assert any(p.suffix == ".html" and "artifacts" in str(p) for p in blobs)  # the quality report in MLflow
     for path in blobs:
         content = path.read_bytes()
