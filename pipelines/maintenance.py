@@ -142,7 +142,7 @@ def drop_training_indexes(cfg: PipelineConfig, lake: Lake) -> int:
     for identifier in (t for t in _tables(lake) if t.startswith("gold.")):
         table = lake.table(identifier)
         removed += len(training_index.prune(Path(cfg.training_index.dir), str(table.metadata.table_uuid),
-                                            cfg.training_index.keep, [s.snapshot_id for s in table.snapshots()]))
+                                            cfg.training_index.keep, training_index.lineage(table)))
     return removed
 
 

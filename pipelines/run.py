@@ -369,8 +369,8 @@ def _publish(ctx: RunContext, cfg: PipelineConfig, sets: List[FeatureSet], built
 
 def _index_for_training(ctx: RunContext, cfg: PipelineConfig, sets: List[FeatureSet]) -> None:
     """Index each gold table's published snapshot for training sets (serving/training_index.py), unless it
-    is indexed already, and prune older indexes. A failure only warns: the index is a cache, and a
-    training set without one reads gold from Iceberg."""
+    is indexed already, and prune older indexes. Any failure only warns: the index is a cache (a training
+    set without one reads gold from Iceberg), and the run's tables and online store are already written."""
     if not cfg.training_index.dir:
         return
     from serving import training_index
@@ -379,21 +379,27 @@ def _index_for_training(ctx: RunContext, cfg: PipelineConfig, sets: List[Feature
     log = logs.get()
     root = Path(cfg.training_index.dir)
     for fs in sets:
-        table = ctx.lake.table(f"gold.{fs.name}")
-        snapshot = table.current_snapshot()
-        if snapshot is None:
-            continue
-        uuid = str(table.metadata.table_uuid)
+        identifier = f"gold.{fs.name}"
         try:
+            if not ctx.lake.exists(identifier):  # nothing built yet (an empty source)
+                continue
+            table = ctx.lake.table(identifier)
+            snapshot = table.current_snapshot()
+            if snapshot is None:
+                continue
+            uuid, live = str(table.metadata.table_uuid), training_index.lineage(table)
             if not (training_index.folder_of(root, uuid, snapshot.snapshot_id) / training_index.MANIFEST).exists():
+                # room first: the older indexes beyond what is kept with this one go before it is written
+                training_index.prune(root, uuid, cfg.training_index.keep - 1, live)
                 started = time.perf_counter()
                 folder = training_index.write(root, table, snapshot.snapshot_id, SetSpec.of(fs))
                 log.info("training index written", feature_set=fs.name, snapshot_id=snapshot.snapshot_id,
                          folder=str(folder), seconds=round(time.perf_counter() - started, 2))
-            training_index.prune(root, uuid, cfg.training_index.keep, [s.snapshot_id for s in table.snapshots()])
-        except (training_index.TrainingIndexError, OSError) as exc:
+            training_index.prune(root, uuid, cfg.training_index.keep, live)
+        except Exception as exc:  # noqa: BLE001 - a cache that could not be written must not fail the run
+            reason = str(exc).splitlines()[0] if str(exc) else ""
             log.warning("training index not written: training sets over this snapshot read gold from Iceberg",
-                        feature_set=fs.name, snapshot_id=snapshot.snapshot_id, error=str(exc).splitlines()[0])
+                        feature_set=fs.name, error=f"{type(exc).__name__}: {reason}")
             ctx.counts[f"{fs.name}.training_index_failures"] = 1
 
 

@@ -88,6 +88,8 @@ def open_index(root: Path, table_uuid: str, snapshot_id: int, spec: SetSpec) -> 
         manifest = json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(manifest, dict):
+        return None
     if (manifest.get("format"), manifest.get("table_uuid"), manifest.get("snapshot_id")) \
             != (FORMAT, str(table_uuid), int(snapshot_id)) \
             or (manifest.get("join_key"), manifest.get("key_type"), manifest.get("as_of_column")) \
@@ -147,7 +149,8 @@ def write(root: Path, table, snapshot_id: int, spec: SetSpec) -> Path:
         raise TrainingIndexError(f"snapshot {snapshot_id}: {str(exc).splitlines()[0]}") from None
     del cell
     layout, order = pit_index.layout(keys, as_of)
-    del keys, as_of
+    keys_read = keys
+    del as_of
     taken = pa.array(order)
     staging = target.parent / f".tmp-{target.name}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -158,7 +161,12 @@ def write(root: Path, table, snapshot_id: int, spec: SetSpec) -> Path:
         _write_array(staging / "cells.arrow", pa.array(layout.cells))
         columns = []
         for i, name in enumerate(n for n in names if n not in (spec.join_key, spec.as_of_column)):
-            values = scan.read([name]).column(name).combine_chunks().take(taken)
+            read = scan.read([spec.join_key, name])
+            # each read must give the first one's rows in its order: cheap to check, fatal to get wrong
+            if not read.column(spec.join_key).combine_chunks().cast(keys_read.type).equals(keys_read):
+                raise TrainingIndexError(f"snapshot {snapshot_id}: rows came in another order reading {name!r}")
+            values = read.column(name).combine_chunks().take(taken)
+            del read
             columns.append({"name": name, "file": f"column-{i}.arrow", "type": str(values.type)})
             _write_array(staging / columns[-1]["file"], values)
             del values
@@ -193,9 +201,22 @@ def _sync(path: Path) -> None:
         os.close(fd)
 
 
+def lineage(table) -> List[int]:
+    """The ids of the table's current snapshot and its ancestors: the snapshots a reader of the table's
+    history can be served. One rolled back (a failed quality gate) stays in the metadata but not here."""
+    ids: List[int] = []
+    by_id = {s.snapshot_id: s for s in table.snapshots()}
+    current = table.current_snapshot()
+    cursor = current.snapshot_id if current is not None else None
+    while cursor is not None and cursor in by_id and cursor not in ids:
+        ids.append(cursor)
+        cursor = by_id[cursor].parent_snapshot_id
+    return ids
+
+
 def prune(root: Path, table_uuid: str, keep: int, live: Sequence[int]) -> List[int]:
-    """Remove the indexes of this table beyond the `keep` newest snapshots (by commit time), those of
-    snapshots no longer in the table (`live`: its snapshot ids), and staging leftovers; the ids removed."""
+    """Remove the indexes of this table beyond the `keep` newest snapshots (by commit time) of `live`
+    (`lineage`), those of other snapshots (expired, rolled back), and staging leftovers; the ids removed."""
     folder = Path(root) / str(table_uuid)
     if not folder.is_dir():
         return []
@@ -206,7 +227,7 @@ def prune(root: Path, table_uuid: str, keep: int, live: Sequence[int]) -> List[i
         try:
             manifest = json.loads((entry / MANIFEST).read_text())
             indexed.append((int(manifest["snapshot_timestamp_ms"]), int(manifest["snapshot_id"]), entry))
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError):
             shutil.rmtree(entry, ignore_errors=True)  # not an index (a partial copy, say): nothing reads it
     indexed.sort(reverse=True)
     alive = {int(s) for s in live}

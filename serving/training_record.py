@@ -79,7 +79,13 @@ class Preparation:
     store at once could both migrate it. `close` removes the artifact's folder."""
 
     def __init__(self, cfg: PipelineConfig, labels: pa.Table):
+        import mlflow
+
         self._cfg, self._labels = cfg, labels
+        # a server is opened by its first request (nothing to gain, and an unreachable one would hold the
+        # thread through MLflow's retries); a caller's active run is logged into, not the configured store
+        uri = cfg.tracking.tracking_uri
+        self._open_store = not uri.startswith(("http://", "https://")) and mlflow.active_run() is None
         self._folder = tempfile.TemporaryDirectory(prefix="training-set-")
         self.labels_file = Path(self._folder.name) / "labels.parquet"
         self.labels_sha256 = ""
@@ -88,16 +94,19 @@ class Preparation:
         self._thread.start()
 
     def _work(self) -> None:
-        import pyarrow.parquet as pq
-        from mlflow.tracking import MlflowClient
-
         try:
+            import pyarrow.parquet as pq
+
             self.labels_sha256 = canonical_digest(self._labels)
             pq.write_table(self._labels, self.labels_file)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller by `wait`
             self._error = exc
             return
+        if not self._open_store:
+            return
         try:
+            from mlflow.tracking import MlflowClient
+
             _local_store_dir(self._cfg)
             MlflowClient(self._cfg.tracking.tracking_uri).get_experiment_by_name(self._cfg.tracking.experiment)
         except Exception:  # noqa: BLE001 - only a head start: `log` makes the same calls and reports them

@@ -169,3 +169,31 @@ def test_pruning_keeps_the_newest_live_snapshots(gold, tmp_path):
     assert before not in snapshots[-2:]
     assert sorted(training_index.prune(root, uuid, keep=2, live=[before, snapshots[-1]])) == [snapshots[-2]]
     assert [p.name for p in (root / uuid).iterdir()] == [str(last)]
+
+
+def test_a_rolled_back_snapshot_does_not_count_among_the_kept(gold, tmp_path):
+    """Pruning keeps the newest snapshots of the table's lineage: a newer snapshot that a failed gate rolled
+    back (still in the metadata) would otherwise push the current one's index out, run after run."""
+    lake, _, last = gold
+    root = tmp_path / "index"
+    table = lake.table("gold.g")
+    uuid = str(table.metadata.table_uuid)
+    parent = table.snapshot_by_id(last).parent_snapshot_id
+    table.manage_snapshots().set_current_snapshot(parent).commit()  # `last` rolled back, still in the metadata
+    table = lake.table("gold.g")
+    assert last in [s.snapshot_id for s in table.snapshots()] and last not in training_index.lineage(table)
+    for sid in (parent, last):
+        training_index.write(root, table, sid, SPEC)
+    assert training_index.prune(root, uuid, keep=1, live=training_index.lineage(table)) == [last]
+    assert training_index.open_index(root, uuid, parent, SPEC) is not None
+
+
+def test_a_manifest_that_is_not_an_object_is_no_index(gold, tmp_path):
+    lake, _, last = gold
+    root = tmp_path / "index"
+    table = lake.table("gold.g")
+    folder = training_index.write(root, table, last, SPEC)
+    (folder / training_index.MANIFEST).write_text("[]")
+    assert training_index.open_index(root, str(table.metadata.table_uuid), last, SPEC) is None
+    assert training_index.prune(root, str(table.metadata.table_uuid), keep=2, live=[last]) == []
+    assert not folder.exists()  # not an index: removed as a leftover
