@@ -34,6 +34,9 @@ from serving.pit_join import SetSpec
 
 FORMAT = 1
 MANIFEST = "manifest.json"
+# Gold is read a group of columns at a time, a group ~this many bytes decoded: every read plans and opens
+# each data file again (most of a small table's cost), and one read of every column would hold gold whole.
+READ_BYTES = 256 * 1024 * 1024
 _KEY_TYPES = {"int64": pa.int64(), "string": pa.string()}
 _UTC_US = pa.timestamp("us", tz="UTC")
 
@@ -123,8 +126,8 @@ def _single(source: pa.MemoryMappedFile) -> pa.Array:
 
 def write(root: Path, table, snapshot_id: int, spec: SetSpec) -> Path:
     """Write the index of `table` (a pyiceberg table) at `snapshot_id` for joins on the spec's key and
-    as-of; return its folder. Gold is read a column at a time (`PinnedScan`), so the peak is the layout
-    and one column."""
+    as-of; return its folder. Gold is read a group of columns at a time (`PinnedScan`, READ_BYTES), so the
+    peak is the layout and one group."""
     from pyiceberg.expressions import AlwaysTrue
 
     from pipelines.io.pinned_scan import PinnedScan
@@ -160,16 +163,20 @@ def write(root: Path, table, snapshot_id: int, spec: SetSpec) -> Path:
         _write_array(staging / "instants.arrow", pa.array(layout.instants))
         _write_array(staging / "cells.arrow", pa.array(layout.cells))
         columns = []
-        for i, name in enumerate(n for n in names if n not in (spec.join_key, spec.as_of_column)):
-            read = scan.read([spec.join_key, name])
+        others = [n for n in names if n not in (spec.join_key, spec.as_of_column)]
+        per_read = max(1, READ_BYTES // max(1, 8 * len(keys_read)))  # columns decoded together (~8 B a value)
+        for start in range(0, len(others), per_read):
+            group = others[start:start + per_read]
+            read = scan.read([spec.join_key, *group])
             # each read must give the first one's rows in its order: cheap to check, fatal to get wrong
             if not read.column(spec.join_key).combine_chunks().cast(keys_read.type).equals(keys_read):
-                raise TrainingIndexError(f"snapshot {snapshot_id}: rows came in another order reading {name!r}")
-            values = read.column(name).combine_chunks().take(taken)
+                raise TrainingIndexError(f"snapshot {snapshot_id}: rows came in another order reading {group}")
+            for name in group:
+                values = read.column(name).combine_chunks().take(taken)
+                columns.append({"name": name, "file": f"column-{len(columns)}.arrow", "type": str(values.type)})
+                _write_array(staging / columns[-1]["file"], values)
+                del values
             del read
-            columns.append({"name": name, "file": f"column-{i}.arrow", "type": str(values.type)})
-            _write_array(staging / columns[-1]["file"], values)
-            del values
         manifest = {"format": FORMAT, "table_uuid": str(table.metadata.table_uuid), "snapshot_id": int(snapshot_id),
                     "snapshot_timestamp_ms": int(snapshot.timestamp_ms), "rows": layout.rows,
                     "join_key": spec.join_key, "key_type": spec.key_dtype, "as_of_column": spec.as_of_column,
@@ -199,6 +206,15 @@ def _sync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def indexed(root: Path, table_uuid: str) -> List[int]:
+    """The snapshots of this table that have an index (a manifest: a complete one, `write` renames it in)."""
+    folder = Path(root) / str(table_uuid)
+    if not folder.is_dir():
+        return []
+    return sorted(int(entry.name) for entry in folder.iterdir()
+                  if entry.name.isdigit() and (entry / MANIFEST).is_file())
 
 
 def lineage(table) -> List[int]:

@@ -137,13 +137,20 @@ def snapshot_rows(identifier: str, table: Table) -> List[Dict[str, Any]]:
 def versions(cfg: PipelineConfig, table: Optional[str] = None) -> Dict[str, Any]:
     """Each table's snapshots, newest first: {"catalog", "tables": [{"table", "current_snapshot_id",
     "snapshots": [...]}]}."""
+    from serving import training_index
+
     lake = open_lake(cfg)
     out = []
     for identifier in select_tables(table_names(lake), table):
         loaded = lake.table(identifier)
         current = loaded.current_snapshot()
+        rows = snapshot_rows(identifier, loaded)
+        if identifier.startswith("gold.") and cfg.training_index.dir:  # which versions train fast
+            fast = set(training_index.indexed(Path(cfg.training_index.dir), str(loaded.metadata.table_uuid)))
+            for row in rows:
+                row["training_index"] = row["snapshot_id"] in fast
         out.append({"table": identifier, "current_snapshot_id": current.snapshot_id if current else None,
-                    "snapshots": snapshot_rows(identifier, loaded)})
+                    "snapshots": rows})
     return {"catalog": lake.name, "tables": out}
 
 
@@ -499,6 +506,8 @@ def _note(row: Dict[str, Any]) -> str:
         notes.append(f"as_of {row['as_of'][0]}..{row['as_of'][1]}")
     if row["backfill"]:
         notes.append(f"backfill {row['backfill'][0]}..{row['backfill'][1]}")
+    if row.get("training_index"):
+        notes.append("training index")
     if row["maintenance"]:
         notes.append(f"maintenance: {row['maintenance']}")
     return "; ".join(notes)

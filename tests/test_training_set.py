@@ -634,3 +634,19 @@ def test_distinct_rows_are_the_rows_found_each_once(found):
     needed, slot = pit.distinct_rows(np.array(found, dtype=np.int64))
     assert needed.tolist() == sorted({f for f in found if f >= 0})
     assert [int(needed[s]) if s >= 0 else -1 for s in slot] == found
+
+
+@pytest.mark.e2e
+def test_versions_show_which_gold_snapshots_have_a_training_index(late_lake):
+    """Runs A and B each indexed the gold snapshot they published (and keep: 2 kept both); the snapshots
+    an overwrite commits on the way (its delete) have none."""
+    from serving import versions
+
+    cfg = late_lake["cfg"]
+    listed = versions.versions(cfg, f"gold.{SET}")
+    rows = listed["tables"][0]["snapshots"]
+    assert {r["snapshot_id"] for r in rows if r["training_index"]} == {late_lake["snapshot_a"],
+                                                                      late_lake["snapshot_b"]}
+    assert len(rows) > 2
+    text = versions.format_versions(listed)
+    assert sum("training index" in line for line in text.splitlines()) == 2
