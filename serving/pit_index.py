@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from serving.pit_join import _micros, entity_codes, sorted_order
+from serving.pit_join import _micros, distinct_sorted, entity_codes, sorted_order
 
 
 @dataclass(frozen=True)
@@ -94,9 +94,4 @@ def joined_rows(index: Layout, label_keys: pa.Array, label_ts: pa.Array,
     ok = (cell <= wanted) & (cell // width == wanted // width)  # a cell at or before, of the label's entity
     if ttl_us:  # in exact integers, as pit_join.match
         ok &= index.instants[cell % width] >= _micros(label_ts)[asked] - ttl_us
-    asked, hit = asked[ok], hit[ok]
-    first = np.empty(len(hit), dtype=bool)  # hit is ascending: a row's labels are adjacent
-    first[:1] = True
-    np.not_equal(hit[1:], hit[:-1], out=first[1:])
-    slot[asked] = np.cumsum(first) - 1
-    return hit[first], slot
+    return distinct_sorted(hit[ok], asked[ok], slot)  # hit is ascending: no second sort

@@ -204,12 +204,17 @@ def distinct_rows(found: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     if not len(joined):
         return np.empty(0, dtype=np.int64), slot
     order = sorted_order(found[joined])
-    ranked = found[joined[order]]
-    first = np.empty(len(ranked), dtype=bool)
-    first[0] = True
-    np.not_equal(ranked[1:], ranked[:-1], out=first[1:])
-    slot[joined[order]] = np.cumsum(first) - 1
-    return ranked[first], slot
+    return distinct_sorted(found[joined[order]], joined[order], slot)
+
+
+def distinct_sorted(rows: np.ndarray, owners: np.ndarray, slot: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """`distinct_rows` when the joined entries are already in row order: `rows` ascending, `owners[i]` the
+    entry that joined rows[i]. Fills `slot` for the owners; returns (the distinct rows, slot)."""
+    first = np.empty(len(rows), dtype=bool)  # rows ascending: an entry's equals are adjacent
+    first[:1] = True
+    np.not_equal(rows[1:], rows[:-1], out=first[1:])
+    slot[owners] = np.cumsum(first) - 1
+    return rows[first], slot
 
 
 def place(values: pa.ChunkedArray, slot: np.ndarray) -> pa.Array:
